@@ -1,0 +1,147 @@
+"""One audio loader for training, evaluation and serving: any file -> mono float32 at the model's rate.
+
+soundfile (libsndfile) decodes wav/flac/ogg/mp3 in-process; anything else (webm, m4a, ...) goes
+through the ``ffmpeg`` binary, which also resamples and downmixes on the way out. No torchcodec,
+no torchaudio.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import soundfile
+import soxr
+
+logger = logging.getLogger(__name__)
+
+#: The rate every model in this project consumes (wav2vec2 and the bundled model alike).
+TARGET_SAMPLE_RATE = 16_000
+
+ACCEPTED_FORMATS = "wav, flac, mp3, ogg, webm, m4a (anything ffmpeg decodes)"
+
+
+class AudioError(ValueError):
+    """Audio that cannot be used; the message says what was wrong and what is accepted."""
+
+
+class AudioDecodeError(AudioError):
+    """The file could not be decoded as audio."""
+
+
+class EmptyAudioError(AudioError):
+    """The audio holds no samples."""
+
+
+class InvalidSamplesError(AudioError):
+    """The samples are not finite numbers (NaN or Inf)."""
+
+
+class AudioTooLongError(AudioError):
+    """The audio is longer than the caller allows."""
+
+
+def to_mono(samples: np.ndarray) -> np.ndarray:
+    """Average channels; accepts ``(n,)`` or ``(n, channels)``."""
+    if samples.ndim == 1:
+        return samples
+    if samples.ndim == 2:
+        return samples.mean(axis=1)
+    raise AudioError(f"Expected 1-D or (samples, channels) audio, got shape {samples.shape}.")
+
+
+def to_float32(samples: np.ndarray) -> np.ndarray:
+    """Integer PCM (as Gradio's microphone delivers) -> float32 in [-1, 1]; floats pass through."""
+    if np.issubdtype(samples.dtype, np.integer):
+        scale = float(np.iinfo(samples.dtype).max) + 1.0
+        return (samples.astype(np.float32) / scale).astype(np.float32)
+    return samples.astype(np.float32, copy=False)
+
+
+def resample(samples: np.ndarray, orig_sample_rate: int, target_sample_rate: int) -> np.ndarray:
+    """High-quality resampling (soxr); a no-op when the rates already match."""
+    if orig_sample_rate == target_sample_rate or samples.size == 0:
+        return samples
+    return soxr.resample(samples, orig_sample_rate, target_sample_rate, quality="HQ").astype(np.float32, copy=False)
+
+
+def prepare_waveform(
+    samples: np.ndarray,
+    sample_rate: int,
+    target_sample_rate: int = TARGET_SAMPLE_RATE,
+    max_duration_s: float | None = None,
+) -> np.ndarray:
+    """Samples in any dtype / layout / rate -> checked mono float32 at ``target_sample_rate``."""
+    samples = np.asarray(samples)
+    if samples.size == 0:
+        raise EmptyAudioError("The audio is empty (0 samples). Record or upload a clip with speech in it.")
+    if sample_rate <= 0:
+        raise AudioError(f"Invalid sample rate {sample_rate} Hz.")
+    duration_s = samples.shape[0] / sample_rate
+    if max_duration_s is not None and duration_s > max_duration_s:
+        raise AudioTooLongError(
+            f"The audio is {duration_s:.1f} s long; at most {max_duration_s:g} s is accepted per request."
+        )
+    mono = to_mono(to_float32(samples))
+    if not np.all(np.isfinite(mono)):
+        raise InvalidSamplesError("The audio contains NaN or infinite sample values; send PCM or float audio in [-1, 1].")
+    return np.ascontiguousarray(resample(mono, sample_rate, target_sample_rate), dtype=np.float32)
+
+
+def _decode_with_ffmpeg(path: Path, target_sample_rate: int, max_duration_s: float | None) -> np.ndarray:
+    ffmpeg = shutil.which("ffmpeg")
+    if ffmpeg is None:
+        raise AudioDecodeError(
+            f"Cannot decode {path.name}: this format needs ffmpeg, which is not installed "
+            f"(apt-get install ffmpeg). Without it, wav, flac, ogg and mp3 are accepted."
+        )
+    command = [ffmpeg, "-nostdin", "-v", "error", "-i", str(path)]
+    if max_duration_s is not None:
+        # Decode a little past the limit: enough to tell "too long" without decoding an hour of audio.
+        command += ["-t", f"{max_duration_s + 0.5:.3f}"]
+    command += ["-f", "f32le", "-ac", "1", "-ar", str(target_sample_rate), "-"]
+    result = subprocess.run(command, capture_output=True, check=False)
+    if result.returncode != 0:
+        detail = result.stderr.decode(errors="replace").strip().splitlines()
+        reason = detail[-1] if detail else f"ffmpeg exit code {result.returncode}"
+        raise AudioDecodeError(f"Cannot decode {path.name} as audio ({reason}). Accepted: {ACCEPTED_FORMATS}.")
+    return np.frombuffer(result.stdout, dtype=np.float32).copy()
+
+
+def load_audio(
+    path: str | Path,
+    target_sample_rate: int = TARGET_SAMPLE_RATE,
+    max_duration_s: float | None = None,
+) -> np.ndarray:
+    """Decode ``path`` to a mono float32 waveform at ``target_sample_rate``.
+
+    Raises an :class:`AudioError` subclass with a user-facing message for missing, unreadable,
+    empty, non-finite or (with ``max_duration_s``) too-long audio.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise AudioDecodeError(f"No audio file at {path}.")
+    if path.stat().st_size == 0:
+        raise EmptyAudioError(f"{path.name} is an empty file (0 bytes). Accepted: {ACCEPTED_FORMATS}.")
+    try:
+        info = soundfile.info(str(path))
+    except (soundfile.LibsndfileError, RuntimeError, TypeError):
+        info = None
+    if info is None or info.frames <= 0:
+        # Not a format libsndfile knows (webm, m4a...), or one whose length it cannot tell (some mp3).
+        waveform = _decode_with_ffmpeg(path, target_sample_rate, max_duration_s)
+        return prepare_waveform(waveform, target_sample_rate, target_sample_rate, max_duration_s)
+    if max_duration_s is not None and info.frames / info.samplerate > max_duration_s:
+        raise AudioTooLongError(
+            f"{path.name} is {info.frames / info.samplerate:.1f} s long; at most {max_duration_s:g} s is accepted per request."
+        )
+    try:
+        samples, sample_rate = soundfile.read(str(path), dtype="float32", always_2d=True)
+    except (soundfile.LibsndfileError, RuntimeError) as error:
+        raise AudioDecodeError(f"Cannot decode {path.name} as audio ({error}). Accepted: {ACCEPTED_FORMATS}.") from error
+    if samples.shape[0] == 0:
+        raise EmptyAudioError(f"{path.name} holds no audio samples. Accepted: {ACCEPTED_FORMATS}.")
+    return prepare_waveform(samples, sample_rate, target_sample_rate, max_duration_s)

@@ -1,0 +1,177 @@
+"""Finding labelled clips on disk and telling whose voice each one is.
+
+Two layouts are read, both "one folder per class":
+- Kaggle "Audio Emotions": ``Emotions/{Angry,Disgusted,...}/`` (the folder itself or its parent);
+- AESDD: ``{anger,disgust,fear,happiness,sadness}/`` (EMOVO is shipped here in the same layout).
+
+Speakers are parsed from the original file names of each corpus, because a speaker-independent
+split and per-speaker scores both need them.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .labels import canonical_label
+
+logger = logging.getLogger(__name__)
+
+AUDIO_EXTENSIONS: frozenset[str] = frozenset({".wav", ".flac", ".mp3", ".ogg", ".m4a", ".webm", ".opus", ".aac"})
+
+
+class CorpusError(ValueError):
+    """The data folder does not hold a usable corpus; the message says what was expected."""
+
+
+@dataclass(frozen=True)
+class Speaker:
+    corpus: str
+    speaker_id: str
+
+
+@dataclass(frozen=True)
+class Clip:
+    path: str
+    label: str
+    speaker: str | None
+    corpus: str | None
+
+
+# Each pattern sees the file stem; the speaker id is normalised so users can type "21" or "f1".
+_RAVDESS = re.compile(r"^(\d{2})-(\d{2})-(\d{2})-(\d{2})-(\d{2})-(\d{2})-(\d{2})$")
+_CREMA_D = re.compile(r"^(\d{4})_[A-Z]{3}_[A-Z]{3}_[A-Z]{1,2}$", re.IGNORECASE)
+_TESS = re.compile(r"^(OAF|YAF)_", re.IGNORECASE)
+_SAVEE_PREFIXED = re.compile(r"^(DC|JE|JK|KL)_(a|d|f|h|n|sa|su)\d{2}$", re.IGNORECASE)
+_SAVEE_BARE = re.compile(r"^(a|d|f|h|n|sa|su)\d{2}$", re.IGNORECASE)
+_AESDD = re.compile(r"^[a-z]\d{2}[a-z]?\s*\((\d+)\)", re.IGNORECASE)
+_EMOVO = re.compile(r"^(dis|gio|neu|pau|rab|sor|tri)-([fm]\d)-", re.IGNORECASE)
+
+#: SAVEE clips in Audio Emotions carry no speaker: one group, so they never straddle splits.
+SAVEE_GROUP = "savee"
+
+
+def normalise_speaker_id(speaker_id: str) -> str:
+    """``"07"`` and ``"7"`` name the same actor; other ids are case-folded."""
+    text = str(speaker_id).strip()
+    return str(int(text)) if text.isdigit() else text.lower()
+
+
+def parse_speaker(file_name: str) -> Speaker | None:
+    """The corpus and speaker a file name encodes, or ``None`` for a name no known corpus uses."""
+    stem = Path(file_name).stem.strip()
+    if match := _RAVDESS.match(stem):
+        return Speaker("ravdess", normalise_speaker_id(match.group(7)))
+    if match := _CREMA_D.match(stem):
+        return Speaker("crema-d", normalise_speaker_id(match.group(1)))
+    if match := _TESS.match(stem):
+        return Speaker("tess", match.group(1).lower())
+    if match := _SAVEE_PREFIXED.match(stem):
+        return Speaker("savee", match.group(1).lower())
+    if _SAVEE_BARE.match(stem):
+        return Speaker("savee", SAVEE_GROUP)
+    if match := _AESDD.match(stem):
+        return Speaker("aesdd", normalise_speaker_id(match.group(1)))
+    if match := _EMOVO.match(stem):
+        return Speaker("emovo", match.group(2).lower())
+    return None
+
+
+@dataclass
+class Corpus:
+    """Clips found under one data folder, plus what was left out and why."""
+
+    root: Path
+    clips: list[Clip]
+    unknown_folders: list[str] = field(default_factory=list)
+    excluded_counts: dict[str, int] = field(default_factory=dict)
+    empty_folders: list[str] = field(default_factory=list)
+
+    @property
+    def labels(self) -> list[str]:
+        return sorted({clip.label for clip in self.clips})
+
+    def label_counts(self) -> dict[str, int]:
+        return dict(sorted(Counter(clip.label for clip in self.clips).items()))
+
+    def unparsed_speaker_files(self) -> list[str]:
+        return [clip.path for clip in self.clips if clip.speaker is None]
+
+
+def _class_of(folder_name: str, label_map: Mapping[str, str]) -> str | None:
+    key = folder_name.strip().lower()
+    return label_map[key] if key in label_map else canonical_label(key)
+
+
+def _is_class_root(folder: Path, label_map: Mapping[str, str]) -> bool:
+    return any(child.is_dir() and _class_of(child.name, label_map) for child in folder.iterdir())
+
+
+def find_class_root(data_dir: str | Path, label_map: Mapping[str, str] | None = None) -> Path:
+    """The folder whose sub-folders are the classes: ``data_dir`` itself or its ``Emotions/`` child."""
+    data_dir = Path(data_dir).expanduser()
+    label_map = label_map or {}
+    if not data_dir.is_dir():
+        raise CorpusError(
+            f"Data folder {data_dir} does not exist. Expected a folder with one sub-folder per class "
+            "(Audio Emotions: Emotions/Angry, Emotions/Happy, ...; AESDD: anger, happiness, ...)."
+        )
+    if _is_class_root(data_dir, label_map):
+        return data_dir
+    for child in sorted(data_dir.iterdir()):
+        if child.is_dir() and child.name.lower() == "emotions" and _is_class_root(child, label_map):
+            return child
+    found = sorted(child.name for child in data_dir.iterdir() if child.is_dir())
+    raise CorpusError(
+        f"No class folders found in {data_dir} (sub-folders: {found or 'none'}). Expected one folder per class named "
+        "like Angry/Disgusted/Fearful/Happy/Neutral/Sad/Surprised (any case) or anger/disgust/fear/happiness/sadness, "
+        "directly or under Emotions/; map other names with --label_map."
+    )
+
+
+def scan_corpus(
+    data_dir: str | Path,
+    label_map: Mapping[str, str] | None = None,
+    exclude_labels: Iterable[str] = (),
+) -> Corpus:
+    """All audio clips under ``data_dir``, labelled by folder, with speakers parsed from names.
+
+    Folders that map to no label are listed in ``unknown_folders`` (the caller decides whether
+    that is fatal); classes in ``exclude_labels`` are counted in ``excluded_counts``.
+    """
+    label_map = {key.lower(): value for key, value in (label_map or {}).items()}
+    excluded = {canonical_label(label) or label for label in exclude_labels}
+    root = find_class_root(data_dir, label_map)
+    corpus = Corpus(root=root, clips=[])
+    for folder in sorted(child for child in root.iterdir() if child.is_dir()):
+        label = _class_of(folder.name, label_map)
+        if label is None:
+            corpus.unknown_folders.append(folder.name)
+            continue
+        files = sorted(path for path in folder.rglob("*") if path.is_file() and path.suffix.lower() in AUDIO_EXTENSIONS)
+        if label in excluded:
+            corpus.excluded_counts[label] = corpus.excluded_counts.get(label, 0) + len(files)
+            continue
+        if not files:
+            corpus.empty_folders.append(folder.name)
+            continue
+        for path in files:
+            speaker = parse_speaker(path.name)
+            corpus.clips.append(
+                Clip(
+                    path=str(path),
+                    label=label,
+                    speaker=speaker.speaker_id if speaker else None,
+                    corpus=speaker.corpus if speaker else None,
+                )
+            )
+    if not corpus.clips:
+        raise CorpusError(
+            f"No audio clips found under {root} (accepted extensions: {', '.join(sorted(AUDIO_EXTENSIONS))}; "
+            f"empty class folders: {corpus.empty_folders or 'none'}; excluded: {corpus.excluded_counts or 'none'})."
+        )
+    return corpus

@@ -1,0 +1,196 @@
+"""A small log-mel CNN for speech emotion, sized for CPU training and serving.
+
+It is an ordinary transformers model (``PreTrainedModel`` + ``PretrainedConfig``, registered with
+the Auto classes in ``ser.models``), so ``train.py``, the predictor and ONNX export treat it like
+any hub checkpoint. It consumes the same raw 16 kHz ``input_values`` as wav2vec2 and computes its
+log-mel spectrogram inside ``forward``: the STFT is a fixed convolution, so the whole thing exports
+as one graph and there is no second feature pipeline to keep in sync.
+"""
+
+from __future__ import annotations
+
+import math
+
+import librosa
+import numpy as np
+import torch
+from torch import nn
+from transformers import PretrainedConfig, PreTrainedModel
+from transformers.modeling_outputs import SequenceClassifierOutput
+
+
+class EmotionCnnConfig(PretrainedConfig):
+    model_type = "emotion_cnn"
+
+    def __init__(
+        self,
+        sampling_rate: int = 16_000,
+        n_fft: int = 400,
+        hop_length: int = 160,
+        num_mel_bins: int = 64,
+        fmin_hz: float = 50.0,
+        fmax_hz: float = 8_000.0,
+        feature_normalization: str = "utterance",
+        channels: tuple[int, ...] = (32, 64, 128, 128),
+        dropout: float = 0.3,
+        spec_augment_time_masks: int = 2,
+        spec_augment_time_width: int = 20,
+        spec_augment_freq_masks: int = 2,
+        spec_augment_freq_width: int = 8,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if feature_normalization not in {"utterance", "utterance_mean", "none"}:
+            raise ValueError(f"feature_normalization must be 'utterance', 'utterance_mean' or 'none', got {feature_normalization!r}")
+        self.sampling_rate = sampling_rate
+        self.n_fft = n_fft
+        self.hop_length = hop_length
+        self.num_mel_bins = num_mel_bins
+        self.fmin_hz = fmin_hz
+        self.fmax_hz = fmax_hz
+        self.feature_normalization = feature_normalization
+        self.channels = list(channels)
+        self.dropout = dropout
+        self.spec_augment_time_masks = spec_augment_time_masks
+        self.spec_augment_time_width = spec_augment_time_width
+        self.spec_augment_freq_masks = spec_augment_freq_masks
+        self.spec_augment_freq_width = spec_augment_freq_width
+
+
+class LogMelFrontend(nn.Module):
+    """Waveform ``(batch, samples)`` -> log-mel ``(batch, mels, frames)``, with a frame mask."""
+
+    def __init__(self, config: EmotionCnnConfig):
+        super().__init__()
+        self.n_fft = config.n_fft
+        self.hop_length = config.hop_length
+        window = torch.hann_window(config.n_fft, periodic=True, dtype=torch.float64)
+        frequencies = torch.arange(config.n_fft // 2 + 1, dtype=torch.float64)
+        time = torch.arange(config.n_fft, dtype=torch.float64)
+        angle = 2 * math.pi * frequencies[:, None] * time[None, :] / config.n_fft
+        # Real and imaginary DFT rows, windowed: a strided conv1d is the STFT.
+        kernel = torch.cat([torch.cos(angle), -torch.sin(angle)]) * window
+        # Persistent buffers: transformers builds models on the meta device, so buffers that are not
+        # in the checkpoint would come back uninitialised.
+        self.register_buffer("dft_kernel", kernel.float().unsqueeze(1))
+        mel = librosa.filters.mel(
+            sr=config.sampling_rate, n_fft=config.n_fft, n_mels=config.num_mel_bins, fmin=config.fmin_hz, fmax=config.fmax_hz
+        )
+        self.register_buffer("mel_filters", torch.from_numpy(np.asarray(mel, dtype=np.float32)))
+
+    def num_frames(self, num_samples: torch.Tensor) -> torch.Tensor:
+        return torch.div(num_samples - self.n_fft, self.hop_length, rounding_mode="floor").clamp(min=0) + 1
+
+    def forward(self, waveform: torch.Tensor) -> torch.Tensor:
+        padded = nn.functional.pad(waveform, (0, max(0, self.n_fft - waveform.shape[-1])))
+        spectrum = nn.functional.conv1d(padded.unsqueeze(1), self.dft_kernel, stride=self.hop_length)
+        real, imaginary = spectrum.chunk(2, dim=1)
+        power = real.square() + imaginary.square()
+        return torch.log(torch.matmul(self.mel_filters, power) + 1e-6)
+
+
+def _masked_mean_std(features: torch.Tensor, mask: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    count = mask.sum(dim=dim, keepdim=True).clamp(min=1.0)
+    mean = (features * mask).sum(dim=dim, keepdim=True) / count
+    variance = ((features - mean).square() * mask).sum(dim=dim, keepdim=True) / count
+    return mean, torch.sqrt(variance + 1e-5)
+
+
+class ConvBlock(nn.Sequential):
+    def __init__(self, in_channels: int, out_channels: int):
+        super().__init__(
+            nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1, bias=False),
+            nn.BatchNorm2d(out_channels),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(out_channels, out_channels, kernel_size=3, padding=1, bias=False),
+            nn.BatchNorm2d(out_channels),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(2),
+        )
+
+
+class EmotionCnnForAudioClassification(PreTrainedModel):
+    config_class = EmotionCnnConfig
+    base_model_prefix = "emotion_cnn"
+    main_input_name = "input_values"
+
+    def __init__(self, config: EmotionCnnConfig):
+        super().__init__(config)
+        self.frontend = LogMelFrontend(config)
+        blocks, in_channels = [], 1
+        for out_channels in config.channels:
+            blocks.append(ConvBlock(in_channels, out_channels))
+            in_channels = out_channels
+        self.encoder = nn.Sequential(*blocks)
+        self.attention = nn.Conv1d(in_channels, 1, kernel_size=1)
+        self.dropout = nn.Dropout(config.dropout)
+        self.classifier = nn.Linear(2 * in_channels, config.num_labels)
+        self.post_init()
+
+    def _init_weights(self, module: nn.Module) -> None:
+        if isinstance(module, (nn.Conv1d, nn.Conv2d)):
+            nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Linear):
+            nn.init.xavier_uniform_(module.weight)
+            nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.BatchNorm2d):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+
+    def _spec_augment(self, features: torch.Tensor) -> torch.Tensor:
+        config = self.config
+        batch, mels, frames = features.shape
+        masked = features.clone()
+        for index in range(batch):
+            for _ in range(config.spec_augment_freq_masks):
+                width = int(torch.randint(0, config.spec_augment_freq_width + 1, ()))
+                start = int(torch.randint(0, max(1, mels - width), ()))
+                masked[index, start : start + width, :] = 0.0
+            for _ in range(config.spec_augment_time_masks):
+                width = int(torch.randint(0, config.spec_augment_time_width + 1, ()))
+                start = int(torch.randint(0, max(1, frames - width), ()))
+                masked[index, :, start : start + width] = 0.0
+        return masked
+
+    def forward(
+        self,
+        input_values: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        **kwargs,
+    ) -> SequenceClassifierOutput:
+        features = self.frontend(input_values)  # (batch, mels, frames)
+        if attention_mask is None:
+            lengths = torch.full((input_values.shape[0],), input_values.shape[-1], device=input_values.device)
+        else:
+            lengths = attention_mask.sum(dim=-1)
+        frames = torch.arange(features.shape[-1], device=features.device)
+        frame_mask = (frames[None, :] < self.frontend.num_frames(lengths)[:, None]).to(features.dtype).unsqueeze(1)
+
+        if self.config.feature_normalization != "none":
+            # Per-utterance normalisation removes the channel and much of the speaker's timbre:
+            # what is left is how this voice moves, which is what transfers across corpora.
+            mean, std = _masked_mean_std(features, frame_mask, dim=2)
+            features = features - mean
+            if self.config.feature_normalization == "utterance":
+                features = features / std
+        features = features * frame_mask
+        if self.training:
+            features = self._spec_augment(features)
+
+        hidden = self.encoder(features.unsqueeze(1))  # (batch, channels, mels', frames')
+        hidden = hidden.mean(dim=2)  # pool frequency -> (batch, channels, frames')
+        pooled_frames = hidden.shape[-1]
+        pooled_mask = nn.functional.adaptive_max_pool1d(frame_mask, pooled_frames)  # (batch, 1, frames')
+        scores = self.attention(hidden).masked_fill(pooled_mask == 0, -1e4)
+        weights = torch.softmax(scores, dim=-1)
+        mean = (hidden * weights).sum(dim=-1)
+        std = torch.sqrt(((hidden - mean.unsqueeze(-1)).square() * weights).sum(dim=-1) + 1e-5)
+        logits = self.classifier(self.dropout(torch.cat([mean, std], dim=-1)))
+
+        loss = None
+        if labels is not None:
+            loss = nn.functional.cross_entropy(logits, labels)
+        return SequenceClassifierOutput(loss=loss, logits=logits)
