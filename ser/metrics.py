@@ -64,15 +64,33 @@ def bootstrap_ci(
     confidence: float = 0.95,
     seed: int = 0,
 ) -> dict[str, list[float]]:
-    """Percentile bootstrap intervals (resampling clips) for accuracy and macro-F1."""
-    true = np.asarray(y_true)
-    pred = np.asarray(y_pred)
+    """Percentile bootstrap intervals (resampling clips) for accuracy and macro-F1.
+
+    Each resample's scores come from its confusion matrix (one ``bincount``), which gives the same
+    numbers as :func:`macro_f1` at a small fraction of the cost of calling scikit-learn each time.
+    """
+    labels = list(labels)
+    index_of = {label: index for index, label in enumerate(labels)}
+    true = np.array([index_of[label] for label in y_true])
+    pred = np.array([index_of.get(label, -1) for label in y_pred])
+    if np.any(pred < 0):
+        raise ValueError(f"Predictions outside labels {labels}: {sorted(set(y_pred) - set(labels))}")
+    num_labels = len(labels)
     rng = np.random.default_rng(seed)
-    accuracies, f1s = [], []
-    for _ in range(n_resamples):
-        index = rng.integers(0, len(true), len(true))
-        accuracies.append(float(np.mean(true[index] == pred[index])))
-        f1s.append(macro_f1(true[index].tolist(), pred[index].tolist(), labels))
+    samples = rng.integers(0, len(true), size=(n_resamples, len(true)))
+    cells = true[samples] * num_labels + pred[samples]
+    offsets = np.arange(n_resamples)[:, None] * num_labels * num_labels
+    confusion = np.bincount((cells + offsets).ravel(), minlength=n_resamples * num_labels * num_labels)
+    confusion = confusion.reshape(n_resamples, num_labels, num_labels).astype(np.float64)
+    correct = np.einsum("rii->ri", confusion)
+    accuracies = correct.sum(axis=1) / len(true)
+    support = confusion.sum(axis=2)
+    predicted = confusion.sum(axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        f1 = np.where(support + predicted > 0, 2 * correct / (support + predicted), 0.0)
+    # Average over the classes present in each resample, as macro_f1 does.
+    present = support > 0
+    f1s = (f1 * present).sum(axis=1) / present.sum(axis=1)
     tail = (1.0 - confidence) / 2.0 * 100.0
     return {
         "accuracy": [float(np.percentile(accuracies, tail)), float(np.percentile(accuracies, 100.0 - tail))],

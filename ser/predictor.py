@@ -20,6 +20,7 @@ from transformers import AutoFeatureExtractor, AutoModelForAudioClassification
 
 from . import models as _register_models  # noqa: F401  (registers the package's own architectures)
 from .audio import EmptyAudioError, load_audio
+from .backends import build_backend, resolve_backend
 
 logger = logging.getLogger(__name__)
 
@@ -66,12 +67,27 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
 
 
 class EmotionClassifier:
-    """A frozen audio-classification model with its feature extractor."""
+    """A frozen audio-classification model with its feature extractor, served by one backend.
 
-    def __init__(self, model: torch.nn.Module, feature_extractor, name: str, window_s: float = DEFAULT_WINDOW_S):
-        self.model = model.eval()
-        for parameter in self.model.parameters():
+    ``backend`` (see :data:`ser.backends.BACKENDS`) decides how ``forward`` runs: ``torch`` is the
+    fp32 reference; the ONNX backends do not keep the torch module after export (``self.model`` is
+    then ``None``; ``self.config`` stays). ``release_model=True`` also frees its weights (set by
+    ``from_pretrained``, which owns the model it loads).
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        feature_extractor,
+        name: str,
+        window_s: float = DEFAULT_WINDOW_S,
+        backend: str = "torch",
+        release_model: bool = False,
+    ):
+        model = model.eval()
+        for parameter in model.parameters():
             parameter.requires_grad_(False)
+        self.config = model.config
         self.feature_extractor = feature_extractor
         self.name = name
         self.window_s = window_s
@@ -79,16 +95,34 @@ class EmotionClassifier:
         self.labels: list[str] = [id2label[index] for index in sorted(int(key) for key in id2label)]
         self.sample_rate: int = int(feature_extractor.sampling_rate)
         self._uses_attention_mask = bool(getattr(feature_extractor, "return_attention_mask", False))
+        built = build_backend(
+            resolve_backend(backend), model, name, self.sample_rate, self._uses_attention_mask, release_torch_weights=release_model
+        )
+        self.backend: str = built.name
+        self.backend_info = built
+        self._runner = built.runner
+        self.model: torch.nn.Module | None = model if built.keeps_torch_model else None
 
     @classmethod
-    def from_pretrained(cls, model_name_or_path: str | os.PathLike | None = None, **kwargs) -> "EmotionClassifier":
-        """Load a local folder or a hub id (``None``: ``$SER_MODEL`` or the bundled model)."""
+    def from_pretrained(
+        cls, model_name_or_path: str | os.PathLike | None = None, backend: str | None = None, **kwargs
+    ) -> "EmotionClassifier":
+        """Load a local folder or a hub id (``None``: ``$SER_MODEL`` or the bundled model).
+
+        ``backend``: explicit, else ``$SER_BACKEND``, else the fastest one that agrees with fp32
+        (:data:`ser.backends.DEFAULT_BACKEND`).
+        """
         name = resolve_model_path(model_name_or_path)
+        backend = resolve_backend(backend)
         started = time.perf_counter()
         feature_extractor = AutoFeatureExtractor.from_pretrained(name)
         model = AutoModelForAudioClassification.from_pretrained(name)
-        logger.info("Loaded %s (%s) in %.1f s", name, type(model).__name__, time.perf_counter() - started)
-        return cls(model, feature_extractor, name=name, **kwargs)
+        kwargs.setdefault("release_model", True)  # the model was loaded here: nobody else holds it
+        classifier = cls(model, feature_extractor, name=name, backend=backend, **kwargs)
+        logger.info(
+            "Loaded %s (%s, backend %s) in %.1f s", name, type(model).__name__, backend, time.perf_counter() - started
+        )
+        return classifier
 
     # -- the three steps -------------------------------------------------------------------------
     def preprocess(self, waveforms: Sequence[np.ndarray]) -> dict[str, torch.Tensor]:
@@ -101,9 +135,9 @@ class EmotionClassifier:
         )
         return dict(features)
 
-    @torch.inference_mode()
     def forward(self, inputs: dict[str, torch.Tensor]) -> np.ndarray:
-        return self.model(**inputs).logits.float().numpy()
+        """Features -> logits ``(batch, labels)`` as float32, on the chosen backend."""
+        return np.asarray(self._runner(inputs), dtype=np.float32)
 
     def postprocess(self, logits: np.ndarray) -> np.ndarray:
         """Logits ``(batch, labels)`` -> probabilities."""

@@ -118,3 +118,34 @@ def tiny_cnn_dir(tmp_path_factory) -> Path:
     from ser.models import EmotionCnnConfig
 
     return _save_tiny(EmotionCnnConfig(channels=(8, 16)), tmp_path_factory.mktemp("tiny_cnn"))
+
+
+@pytest.fixture(scope="session")
+def espeak_speech(tmp_path_factory):
+    """``make(text) -> (samples, sample_rate)``: real synthetic speech from espeak-ng (22.05 kHz, float32)."""
+    import shutil
+    import subprocess
+
+    espeak = shutil.which("espeak-ng")
+    if espeak is None:
+        pytest.skip("espeak-ng is not installed (apt-get install espeak-ng)")
+    directory = tmp_path_factory.mktemp("espeak")
+
+    def make(text: str) -> tuple[np.ndarray, int]:
+        path = directory / f"{abs(hash(text))}.wav"
+        if not path.exists():
+            subprocess.run([espeak, "-w", str(path), text], check=True, capture_output=True)
+        samples, sample_rate = soundfile.read(str(path), dtype="float32")
+        return samples, sample_rate
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def tiny_tdnn_dir(tmp_path_factory) -> Path:
+    """The bundled model's architecture (``emotion-tdnn-small``: TDNN + utterance spectrum), narrowed."""
+    from ser.models.presets import config_from_spec
+
+    config = config_from_spec("emotion-tdnn-small")
+    config.channels = [16, 16]
+    return _save_tiny(config, tmp_path_factory.mktemp("tiny_tdnn"))

@@ -31,12 +31,15 @@ class EmotionCnnConfig(PretrainedConfig):
         fmin_hz: float = 50.0,
         fmax_hz: float = 8_000.0,
         feature_normalization: str = "utterance",
+        encoder_type: str = "cnn2d",
         channels: tuple[int, ...] = (32, 64, 128, 128),
         dropout: float = 0.3,
         spec_augment_time_masks: int = 2,
         spec_augment_time_width: int = 20,
         spec_augment_freq_masks: int = 2,
         spec_augment_freq_width: int = 8,
+        spec_augment_freq_warp: float = 0.0,
+        append_utterance_spectrum: bool = False,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -48,13 +51,18 @@ class EmotionCnnConfig(PretrainedConfig):
         self.num_mel_bins = num_mel_bins
         self.fmin_hz = fmin_hz
         self.fmax_hz = fmax_hz
+        if encoder_type not in {"cnn2d", "tdnn"}:
+            raise ValueError(f"encoder_type must be 'cnn2d' or 'tdnn', got {encoder_type!r}")
         self.feature_normalization = feature_normalization
+        self.encoder_type = encoder_type
         self.channels = list(channels)
         self.dropout = dropout
         self.spec_augment_time_masks = spec_augment_time_masks
         self.spec_augment_time_width = spec_augment_time_width
         self.spec_augment_freq_masks = spec_augment_freq_masks
         self.spec_augment_freq_width = spec_augment_freq_width
+        self.spec_augment_freq_warp = spec_augment_freq_warp
+        self.append_utterance_spectrum = append_utterance_spectrum
 
 
 class LogMelFrontend(nn.Module):
@@ -109,6 +117,20 @@ class ConvBlock(nn.Sequential):
         )
 
 
+class TdnnBlock(nn.Module):
+    """Dilated 1-D convolution over time with mel bins as channels (x-vector / ECAPA style)."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, dilation: int):
+        super().__init__()
+        self.conv = nn.Conv1d(in_channels, out_channels, kernel_size, dilation=dilation, padding=dilation * (kernel_size - 1) // 2, bias=False)
+        self.norm = nn.BatchNorm1d(out_channels)
+        self.residual = in_channels == out_channels
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        output = torch.relu(self.norm(self.conv(hidden)))
+        return output + hidden if self.residual else output
+
+
 class EmotionCnnForAudioClassification(PreTrainedModel):
     config_class = EmotionCnnConfig
     base_model_prefix = "emotion_cnn"
@@ -117,14 +139,23 @@ class EmotionCnnForAudioClassification(PreTrainedModel):
     def __init__(self, config: EmotionCnnConfig):
         super().__init__(config)
         self.frontend = LogMelFrontend(config)
-        blocks, in_channels = [], 1
-        for out_channels in config.channels:
-            blocks.append(ConvBlock(in_channels, out_channels))
-            in_channels = out_channels
+        blocks = []
+        if config.encoder_type == "cnn2d":
+            in_channels = 1
+            for out_channels in config.channels:
+                blocks.append(ConvBlock(in_channels, out_channels))
+                in_channels = out_channels
+        else:
+            in_channels = config.num_mel_bins
+            for index, out_channels in enumerate(config.channels):
+                kernel_size, dilation = (5, 1) if index == 0 else (3, index + 1)
+                blocks.append(TdnnBlock(in_channels, out_channels, kernel_size, dilation))
+                in_channels = out_channels
         self.encoder = nn.Sequential(*blocks)
         self.attention = nn.Conv1d(in_channels, 1, kernel_size=1)
         self.dropout = nn.Dropout(config.dropout)
-        self.classifier = nn.Linear(2 * in_channels, config.num_labels)
+        spectrum_features = config.num_mel_bins if config.append_utterance_spectrum else 0
+        self.classifier = nn.Linear(2 * in_channels + spectrum_features, config.num_labels)
         self.post_init()
 
     def _init_weights(self, module: nn.Module) -> None:
@@ -135,7 +166,7 @@ class EmotionCnnForAudioClassification(PreTrainedModel):
         elif isinstance(module, nn.Linear):
             nn.init.xavier_uniform_(module.weight)
             nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.BatchNorm2d):
+        elif isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)):
             nn.init.ones_(module.weight)
             nn.init.zeros_(module.bias)
 
@@ -143,6 +174,17 @@ class EmotionCnnForAudioClassification(PreTrainedModel):
         config = self.config
         batch, mels, frames = features.shape
         masked = features.clone()
+        if config.spec_augment_freq_warp > 0:
+            # Stretch the mel axis by a random factor per clip: a different vocal tract length (VTLP),
+            # i.e. more speakers than the training set has.
+            bins = torch.arange(mels, dtype=features.dtype, device=features.device)
+            for index in range(batch):
+                factor = 1.0 + (2 * float(torch.rand(())) - 1) * config.spec_augment_freq_warp
+                position = (bins * factor).clamp(max=mels - 1)
+                low = position.floor().long()
+                high = (low + 1).clamp(max=mels - 1)
+                weight = (position - low.to(features.dtype)).unsqueeze(-1)
+                masked[index] = features[index, low] * (1 - weight) + features[index, high] * weight
         for index in range(batch):
             for _ in range(config.spec_augment_freq_masks):
                 width = int(torch.randint(0, config.spec_augment_freq_width + 1, ()))
@@ -153,6 +195,47 @@ class EmotionCnnForAudioClassification(PreTrainedModel):
                 start = int(torch.randint(0, max(1, frames - width), ()))
                 masked[index, :, start : start + width] = 0.0
         return masked
+
+
+    def classify_features(self, features: torch.Tensor, frame_mask: torch.Tensor) -> torch.Tensor:
+        """Log-mel ``(batch, mels, frames)`` and frame mask ``(batch, 1, frames)`` -> logits."""
+        if self.config.append_utterance_spectrum and self.config.feature_normalization == "none":
+            raise ValueError("append_utterance_spectrum needs feature_normalization 'utterance' or 'utterance_mean'.")
+        if self.config.feature_normalization != "none":
+            # Per-utterance normalisation removes the channel and much of the speaker's timbre:
+            # what is left is how this voice moves, which is what transfers across corpora.
+            mean, std = _masked_mean_std(features, frame_mask, dim=2)
+            features = features - mean
+            utterance_spectrum = mean.squeeze(-1)
+            if self.config.feature_normalization == "utterance":
+                features = features / std
+        features = features * frame_mask
+        if self.training:
+            features = self._spec_augment(features)
+
+        if self.config.encoder_type == "cnn2d":
+            hidden = self.encoder(features.unsqueeze(1))  # (batch, channels, mels', frames')
+            hidden = hidden.mean(dim=2)  # pool frequency -> (batch, channels, frames')
+        else:
+            hidden = self.encoder(features)  # (batch, channels, frames)
+        pooled_frames = hidden.shape[-1]
+        # = adaptive_max_pool1d(frame_mask, pooled_frames), written so it exports to ONNX with a dynamic
+        # time axis: bin i starts at floor(i * frames / pooled_frames) and the mask is a prefix, so the
+        # bin holds a valid frame iff it starts before the number of valid frames.
+        starts = torch.div(
+            torch.arange(pooled_frames, device=hidden.device) * frame_mask.shape[-1], pooled_frames, rounding_mode="floor"
+        )
+        pooled_mask = (starts[None, :] < frame_mask.sum(dim=-1)).to(frame_mask.dtype).unsqueeze(1)  # (batch, 1, frames')
+        scores = self.attention(hidden).masked_fill(pooled_mask == 0, -1e4)
+        weights = torch.softmax(scores, dim=-1)
+        mean = (hidden * weights).sum(dim=-1)
+        std = torch.sqrt(((hidden - mean.unsqueeze(-1)).square() * weights).sum(dim=-1) + 1e-5)
+        pooled = [mean, std]
+        if self.config.append_utterance_spectrum:
+            # Mean normalisation removes the utterance's average spectrum, which carries arousal
+            # (spectral tilt); it goes back in here, beside the pooled dynamics, centred per clip.
+            pooled.append(utterance_spectrum - utterance_spectrum.mean(dim=-1, keepdim=True))
+        return self.classifier(self.dropout(torch.cat(pooled, dim=-1)))
 
     def forward(
         self,
@@ -169,27 +252,7 @@ class EmotionCnnForAudioClassification(PreTrainedModel):
         frames = torch.arange(features.shape[-1], device=features.device)
         frame_mask = (frames[None, :] < self.frontend.num_frames(lengths)[:, None]).to(features.dtype).unsqueeze(1)
 
-        if self.config.feature_normalization != "none":
-            # Per-utterance normalisation removes the channel and much of the speaker's timbre:
-            # what is left is how this voice moves, which is what transfers across corpora.
-            mean, std = _masked_mean_std(features, frame_mask, dim=2)
-            features = features - mean
-            if self.config.feature_normalization == "utterance":
-                features = features / std
-        features = features * frame_mask
-        if self.training:
-            features = self._spec_augment(features)
-
-        hidden = self.encoder(features.unsqueeze(1))  # (batch, channels, mels', frames')
-        hidden = hidden.mean(dim=2)  # pool frequency -> (batch, channels, frames')
-        pooled_frames = hidden.shape[-1]
-        pooled_mask = nn.functional.adaptive_max_pool1d(frame_mask, pooled_frames)  # (batch, 1, frames')
-        scores = self.attention(hidden).masked_fill(pooled_mask == 0, -1e4)
-        weights = torch.softmax(scores, dim=-1)
-        mean = (hidden * weights).sum(dim=-1)
-        std = torch.sqrt(((hidden - mean.unsqueeze(-1)).square() * weights).sum(dim=-1) + 1e-5)
-        logits = self.classifier(self.dropout(torch.cat([mean, std], dim=-1)))
-
+        logits = self.classify_features(features, frame_mask)
         loss = None
         if labels is not None:
             loss = nn.functional.cross_entropy(logits, labels)

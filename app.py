@@ -1,0 +1,447 @@
+"""The Gradio Space: record or upload speech, get a probability for each emotion (UI + API).
+
+    python app.py                          # bundled model (models/ser-ravdess), http://127.0.0.1:7860
+    python app.py --model runs/my-model    # or SER_MODEL=... ; a local folder or a hub id
+
+The model is loaded and warmed up once, before the server starts; the handler only reads it.
+``demo`` (what ``gradio app.py`` and Spaces tooling look up) is resolved lazily on first access
+(PEP 562 module ``__getattr__``) from ``$SER_MODEL`` or the bundled model, so ``import app``
+never loads a model and works before the bundled model exists. Tests call ``build_demo``.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import functools
+import json
+import logging
+import os
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import gradio as gr
+from transformers import HfArgumentParser
+
+from ser.audio import ACCEPTED_FORMATS, AudioError, load_audio
+from ser.predictor import EmotionClassifier, ModelNotConfiguredError, Prediction
+from ser.quality import (
+    DEFAULT_CONFIDENCE_THRESHOLD,
+    Answer,
+    QualityConfig,
+    QualityReport,
+    check_quality,
+    decide,
+    get_speech_detector,
+)
+from ser.timeline import TABLE_HEADERS, Timeline, TimelineConfig, timeline_figure, timeline_for_file, timeline_table
+from ser.serving import (
+    DEFAULT_MAX_UPLOAD_MB,
+    DEFAULT_REQUEST_TIMEOUT_S,
+    DEFAULT_UPLOAD_TTL_S,
+    ServingConfig,
+    ServingError,
+    create_serving,
+    env_default,
+    launch_kwargs,
+)
+from ser.monitoring import DEFAULT_DRIFT_WINDOW
+
+logger = logging.getLogger(__name__)
+
+APP_DIR = Path(__file__).resolve().parent
+EXAMPLES_DIR = APP_DIR / "examples"
+EXAMPLE_SUFFIXES = (".wav", ".flac", ".mp3", ".ogg")
+
+#: Public endpoints: ``/gradio_api/call/predict`` and ``Client.predict(..., api_name="/predict")``; same for timeline.
+API_NAME = "predict"
+TIMELINE_API_NAME = "timeline"
+#: What the gr.Label shows instead of an emotion when the top probability is below the threshold.
+UNCERTAIN_LABEL = "uncertain"
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 7860
+#: Longer uploads are refused: the model only needs a few seconds of speech, and this bounds CPU per request.
+DEFAULT_MAX_DURATION_S = 60.0
+#: One inference at a time: torch already uses every core, so parallel requests would only slow each other.
+DEFAULT_CONCURRENCY_LIMIT = 1
+#: Requests waiting beyond this are refused ("queue full") rather than piling up.
+DEFAULT_MAX_QUEUE_SIZE = 16
+
+
+@dataclass
+class AppArguments:
+    model: str | None = field(
+        default=None,
+        metadata={"help": "Model folder or hub id. Default: $SER_MODEL, else the bundled models/ser-ravdess."},
+    )
+    backend: str | None = field(
+        default=None,
+        metadata={"help": "Serving backend: torch (fp32 reference), onnx, onnx-int8, bf16. Default: $SER_BACKEND, else onnx (README: Fast CPU serving)."},
+    )
+    host: str = field(
+        default_factory=lambda: os.environ.get("GRADIO_SERVER_NAME", DEFAULT_HOST),
+        metadata={"help": f"Address to listen on (default: $GRADIO_SERVER_NAME, else {DEFAULT_HOST})."},
+    )
+    port: int = field(
+        default_factory=lambda: int(os.environ.get("GRADIO_SERVER_PORT", DEFAULT_PORT)),
+        metadata={"help": f"Port to listen on (default: $GRADIO_SERVER_PORT, else {DEFAULT_PORT})."},
+    )
+    share: bool = field(default=False, metadata={"help": "Also open a public *.gradio.live tunnel."})
+    # Operating limits (README "Operating the Space"): each also settable by the $SER_* variable named in its help.
+    max_duration_s: float = field(
+        default_factory=env_default("max_duration_s", DEFAULT_MAX_DURATION_S),
+        metadata={"help": f"Refuse clips longer than this many seconds ($SER_MAX_DURATION_S; default {DEFAULT_MAX_DURATION_S:g})."},
+    )
+    concurrency_limit: int = field(
+        default_factory=env_default("concurrency_limit", DEFAULT_CONCURRENCY_LIMIT),
+        metadata={"help": f"Predictions run at the same time ($SER_CONCURRENCY_LIMIT; default {DEFAULT_CONCURRENCY_LIMIT})."},
+    )
+    max_queue_size: int = field(
+        default_factory=env_default("max_queue_size", DEFAULT_MAX_QUEUE_SIZE),
+        metadata={"help": f"Requests allowed to wait; more are refused ($SER_MAX_QUEUE_SIZE; default {DEFAULT_MAX_QUEUE_SIZE})."},
+    )
+    max_upload_mb: float = field(
+        default_factory=env_default("max_upload_mb", DEFAULT_MAX_UPLOAD_MB),
+        metadata={"help": f"Largest upload in MB, refused while streaming in ($SER_MAX_UPLOAD_MB; default {DEFAULT_MAX_UPLOAD_MB:g})."},
+    )
+    request_timeout_s: float = field(
+        default_factory=env_default("request_timeout_s", DEFAULT_REQUEST_TIMEOUT_S),
+        metadata={"help": f"Answer with an error after this many seconds of work on one clip ($SER_REQUEST_TIMEOUT_S; default {DEFAULT_REQUEST_TIMEOUT_S:g})."},
+    )
+    upload_ttl_s: float = field(
+        default_factory=env_default("upload_ttl_s", DEFAULT_UPLOAD_TTL_S),
+        metadata={"help": f"Delete uploads never submitted after this many seconds ($SER_UPLOAD_TTL_S; default {DEFAULT_UPLOAD_TTL_S:g})."},
+    )
+    drift_window: int = field(
+        default_factory=env_default("drift_window", DEFAULT_DRIFT_WINDOW),
+        metadata={"help": f"Answers in the /metrics drift window ($SER_DRIFT_WINDOW; default {DEFAULT_DRIFT_WINDOW})."},
+    )
+    quality_gate: bool = field(
+        default=True,
+        metadata={"help": "Refuse clips that are silent, speechless (Silero VAD), clipped or hold too little speech."},
+    )
+    min_speech_s: float = field(
+        default=QualityConfig.min_speech_s, metadata={"help": "Least speech (seconds, as found by the VAD) accepted."}
+    )
+    confidence_threshold: float = field(
+        default=DEFAULT_CONFIDENCE_THRESHOLD,
+        metadata={"help": "Answer 'uncertain' when the top probability is below this (0 disables)."},
+    )
+
+
+def load_classifier(model_name_or_path: str | None = None, backend: str | None = None) -> EmotionClassifier:
+    """Load the model once and run one throw-away pass so the first user does not wait for it."""
+    classifier = EmotionClassifier.from_pretrained(model_name_or_path, backend=backend)
+    classifier.warmup()
+    return classifier
+
+
+def format_info(prediction: Prediction, decode_s: float, model_s: float) -> str:
+    """The line under the bars: how long the clip is and how long the model took."""
+    return f"Clip length **{prediction.duration_s:.2f} s** · model **{model_s * 1000:.0f} ms** (decoding {decode_s * 1000:.0f} ms)"
+
+
+def format_uncertainty(answer: Answer) -> str:
+    return (
+        f"**Uncertain:** the most likely class, {answer.label}, has {answer.confidence:.0%}, below the "
+        f"{answer.confidence_threshold:.0%} this app needs to name an emotion. The bars show how the rest compare."
+    )
+
+
+def answer_clip(
+    classifier: EmotionClassifier,
+    audio_path: str | None,
+    max_duration_s: float | None = DEFAULT_MAX_DURATION_S,
+    quality: QualityConfig | None = None,
+    confidence_threshold: float = DEFAULT_CONFIDENCE_THRESHOLD,
+) -> tuple[Answer, QualityReport | None, str]:
+    """The request handler: audio file -> (answer, quality report or None when ungated, info markdown).
+
+    ``quality`` runs the gate (ser.quality) between decoding and the model. Audio problems
+    (``AudioError``, messages written for users, including the gate's) become ``gr.Error`` here,
+    at the UI edge; the server keeps serving.
+    """
+    if not audio_path:
+        raise gr.Error(f"No audio received. Record with the microphone or upload a file ({ACCEPTED_FORMATS}).")
+    started = time.perf_counter()
+    report = None
+    try:
+        waveform = load_audio(audio_path, classifier.sample_rate, max_duration_s)
+        decoded = time.perf_counter()
+        if quality is not None:
+            report = check_quality(waveform, classifier.sample_rate, quality)
+        checked = time.perf_counter()
+        prediction = classifier.classify_waveform(waveform)
+    except AudioError as error:
+        logger.info("Rejected %s: %s", Path(audio_path).name, error)
+        raise gr.Error(str(error)) from error
+    model_s = time.perf_counter() - checked
+    answer = decide(prediction.probabilities, confidence_threshold)
+    logger.info("%s: %s (%.2f%s) in %.0f ms", Path(audio_path).name, answer.label, answer.confidence,
+                ", uncertain" if answer.uncertain else "", model_s * 1000)
+    info = format_info(prediction, decoded - started, model_s)
+    if report is not None:
+        info += f" · quality check {(checked - decoded) * 1000:.0f} ms ({report.speech_s:.1f} s of speech)"
+    if answer.uncertain:
+        info += "\n\n" + format_uncertainty(answer)
+    return answer, report, info
+
+
+def classify_clip(
+    classifier: EmotionClassifier,
+    audio_path: str | None,
+    max_duration_s: float | None = DEFAULT_MAX_DURATION_S,
+    quality: QualityConfig | None = None,
+    confidence_threshold: float = DEFAULT_CONFIDENCE_THRESHOLD,
+) -> tuple[dict[str, float], str]:
+    """:func:`answer_clip` reduced to ({label: probability} for every label, info markdown)."""
+    answer, _, info = answer_clip(classifier, audio_path, max_duration_s, quality, confidence_threshold)
+    return answer.probabilities, info
+
+
+class LabelFiles:
+    """gr.Label names its headline after the top class unless given a JSON file (its documented
+    way to set ``label``); the few files needed in flight are kept, older ones deleted."""
+
+    def __init__(self, keep: int = 64):
+        self._directory = Path(tempfile.mkdtemp(prefix="ser-label-"))
+        self._paths: collections.deque[Path] = collections.deque()
+        self._keep = keep
+        self._lock = threading.Lock()
+        self._count = 0
+
+    def write(self, value: dict) -> str:
+        with self._lock:
+            self._count += 1
+            path = self._directory / f"{self._count}.json"
+            path.write_text(json.dumps(value))
+            self._paths.append(path)
+            while len(self._paths) > self._keep:
+                self._paths.popleft().unlink(missing_ok=True)
+        return str(path)
+
+
+def label_value(answer: Answer, label_files: LabelFiles) -> dict[str, float] | str:
+    """What the gr.Label gets: the probabilities (headline = top class), or, when uncertain, the
+    same bars under the headline ``uncertain`` (via one of the demo's ``label_files``)."""
+    if not answer.uncertain:
+        return answer.probabilities
+    ranked = sorted(answer.probabilities.items(), key=lambda item: item[1], reverse=True)
+    return label_files.write(
+        {"label": UNCERTAIN_LABEL, "confidences": [{"label": label, "confidence": value} for label, value in ranked]}
+    )
+
+
+def api_payload(answer: Answer, report: QualityReport | None) -> dict:
+    """The /predict JSON output: ``label`` (top class, also when uncertain), ``confidence``,
+    ``uncertain``, ``confidence_threshold``, ``probabilities`` and ``quality`` (the gate's
+    measurements, or ``None`` when the gate is off)."""
+    return {**answer.to_dict(), "quality": None if report is None else report.to_dict()}
+
+
+def timeline_summary(timeline: Timeline) -> str:
+    uncertain = sum(segment.uncertain for segment in timeline.segments)
+    speech_s = timeline.quality.speech_s or 0.0
+    return (
+        f"Recording **{timeline.duration_s / 60:.1f} min** · speech **{speech_s / 60:.1f} min** in "
+        f"**{len(timeline.segments)}** segments · **{uncertain}** uncertain (top probability below "
+        f"{timeline.confidence_threshold:.0%})"
+    )
+
+
+def build_timeline_records(
+    classifier: EmotionClassifier,
+    audio_path: str | None,
+    config: TimelineConfig,
+    progress=None,
+) -> Timeline:
+    """Long recording -> timeline; audio problems become ``gr.Error`` (the UI edge)."""
+    if not audio_path:
+        raise gr.Error(f"No audio received. Upload a recording ({ACCEPTED_FORMATS}).")
+    started = time.perf_counter()
+    try:
+        timeline = timeline_for_file(classifier, audio_path, config, progress=progress)
+    except AudioError as error:
+        logger.info("Rejected %s for the timeline: %s", Path(audio_path).name, error)
+        raise gr.Error(str(error)) from error
+    logger.info("%s: timeline of %d segments in %.1f s", Path(audio_path).name, len(timeline.segments), time.perf_counter() - started)
+    return timeline
+
+
+def model_display_name(name: str) -> str:
+    """A hub id as is; a local folder by its own name (the page should not show server paths)."""
+    return Path(name).name if Path(name).is_dir() else name
+
+
+def example_paths() -> list[str]:
+    """The redistributable clips in examples/ (generated by examples/make_examples.py)."""
+    return sorted(str(path) for path in EXAMPLES_DIR.iterdir() if path.suffix.lower() in EXAMPLE_SUFFIXES)
+
+
+def build_demo(
+    classifier: EmotionClassifier,
+    max_duration_s: float | None = DEFAULT_MAX_DURATION_S,
+    concurrency_limit: int = DEFAULT_CONCURRENCY_LIMIT,
+    max_queue_size: int = DEFAULT_MAX_QUEUE_SIZE,
+    quality: QualityConfig | None = QualityConfig(),
+    confidence_threshold: float = DEFAULT_CONFIDENCE_THRESHOLD,
+    serving: ServingConfig | None = None,
+) -> gr.Blocks:
+    """The UI and the ``/predict`` and ``/timeline`` APIs around an already loaded classifier.
+
+    ``serving``: upload / timeout / drift settings; the demo's ``serving_state`` (metrics, uploads,
+    readiness) feeds the middleware that :func:`ser.serving.launch_kwargs` adds at launch.
+
+    ``quality=None`` turns the quality gate off (single clips and the timeline's recording check).
+    """
+    if quality is not None:
+        quality = dataclasses.replace(quality, max_duration_s=max_duration_s)
+    get_speech_detector()  # load the VAD now, not on the first request
+    timeline_config = TimelineConfig(
+        confidence_threshold=confidence_threshold,
+        gate=dataclasses.replace(quality or QualityConfig(), max_duration_s=None),
+        refuse_unusable=quality is not None,
+    )
+
+    serving_state, guard = create_serving(
+        classifier, serving or ServingConfig(), confidence_threshold, concurrency_limit, user_errors=(gr.Error,),
+        example_files=example_paths(),
+    )
+
+    label_files = LabelFiles()
+
+    def answer_request(audio: str | None) -> tuple[dict[str, float] | str, str, dict]:
+        answer, report, info = answer_clip(classifier, audio, max_duration_s, quality, confidence_threshold)
+        return label_value(answer, label_files), info, api_payload(answer, report)
+
+    def predict(audio: str | None) -> tuple[dict[str, float] | str, str, dict]:
+        """Classify a speech clip: the gr.Label value (every class's probability; headline "uncertain" below the
+        confidence threshold), the clip length / model time, and the answer as JSON (label, confidence, uncertain,
+        confidence_threshold, probabilities, quality)."""
+        # The guard adds the request timeout and metrics, and deletes the upload once answered.
+        try:
+            return guard.run(audio, lambda: answer_request(audio), lambda result: result[2]["probabilities"])
+        except ServingError as error:
+            raise gr.Error(str(error)) from error
+
+    def timeline(audio: str | None, progress=gr.Progress()) -> list[dict]:
+        """Emotion timeline of a long recording: [{start_s, end_s, label, confidence, uncertain, probabilities}] per speech segment."""
+        with guard.releasing(audio):
+            result = build_timeline_records(
+                classifier, audio, timeline_config, progress=lambda fraction, text: progress(fraction, desc=text)
+            )
+        return result.records()
+
+    def show_timeline(audio: str | None, progress=gr.Progress()):
+        # The page's own event: plot, table, summary and the same JSON the API returns, from one pass.
+        with guard.releasing(audio):
+            result = build_timeline_records(
+                classifier, audio, timeline_config, progress=lambda fraction, text: progress(fraction, desc=text)
+            )
+        return timeline_figure(result, classifier.labels), timeline_table(result), timeline_summary(result), result.records()
+
+    labels = ", ".join(classifier.labels)
+    with gr.Blocks(title="Speech emotion recognition") as demo:
+        gr.Markdown(
+            "# Speech emotion recognition\n"
+            f"Record or upload a short clip of speech and press **Submit** to see how likely each emotion is ({labels}). "
+            f"Accepted: {ACCEPTED_FORMATS}; up to {max_duration_s:g} s. "
+            "The model was trained on acted English speech: read the bars as an estimate, not a verdict."
+        )
+        with gr.Row():
+            with gr.Column():
+                audio = gr.Audio(sources=["microphone", "upload"], type="filepath", label="Speech")
+                with gr.Row():
+                    clear = gr.ClearButton(value="Clear")
+                    submit = gr.Button("Submit", variant="primary")
+            with gr.Column():
+                label = gr.Label(num_top_classes=len(classifier.labels), label="Emotion")
+                info = gr.Markdown(label="Details")
+                with gr.Accordion("Answer as JSON (what the API returns)", open=False):
+                    answer_json = gr.JSON(label="Answer")
+        clear.add([audio, label, info, answer_json])
+        submit.click(predict, inputs=audio, outputs=[label, info, answer_json], api_name=API_NAME)
+        examples = example_paths()
+        if examples:
+            gr.Examples(
+                examples=examples,
+                inputs=audio,
+                outputs=[label, info, answer_json],
+                fn=predict,
+                # Cached outputs would freeze the timing line, and caching at start slows boot.
+                cache_examples=False,
+                run_on_click=True,
+                api_visibility="private",
+                label="Examples (synthetic speech, espeak-ng)",
+            )
+        with gr.Accordion("Long recording: emotion timeline", open=False):
+            gr.Markdown(
+                "Upload a conversation or a long recording. Speech is found with a voice activity detector, cut into "
+                f"segments of at most {timeline_config.max_segment_s:g} s, and each segment is classified. "
+                f"Hatched bars are uncertain (top probability below {confidence_threshold:.0%})."
+            )
+            long_audio = gr.Audio(sources=["upload"], type="filepath", label="Recording")
+            timeline_button = gr.Button("Build timeline", variant="primary")
+            timeline_info = gr.Markdown()
+            timeline_plot = gr.Plot(label="Emotion timeline")
+            timeline_rows = gr.Dataframe(headers=TABLE_HEADERS, label="Segments", interactive=False)
+            with gr.Accordion("Segments as JSON (what the API returns)", open=False):
+                timeline_json = gr.JSON(label="Segments")
+            # API-only trigger for /timeline (never shown); the page runs show_timeline. No gr.State on
+            # purpose: it makes every page hold a heartbeat connection open.
+            timeline_api_trigger = gr.Button(visible=False)
+        timeline_button.click(
+            show_timeline,
+            inputs=long_audio,
+            outputs=[timeline_plot, timeline_rows, timeline_info, timeline_json],
+            api_visibility="private",
+        )
+        timeline_api_trigger.click(timeline, inputs=long_audio, outputs=timeline_json, api_name=TIMELINE_API_NAME)
+        gr.Markdown(f"Model: `{model_display_name(classifier.name)}`")
+    demo.queue(default_concurrency_limit=concurrency_limit, max_size=max_queue_size)
+    serving_state.blocks = demo
+    demo.serving_state = serving_state
+    return demo
+
+
+@functools.cache
+def _configured_demo() -> gr.Blocks:
+    return build_demo(load_classifier())
+
+
+def __getattr__(name: str):
+    # ``app.demo``: built on first access from $SER_MODEL or the bundled model (raises
+    # ModelNotConfiguredError when neither exists), so importing this module stays cheap.
+    if name == "demo":
+        return _configured_demo()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # gradio's own HTTP client logs every health-check request at INFO.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    (args,) = HfArgumentParser(AppArguments).parse_args_into_dataclasses()
+    try:
+        classifier = load_classifier(args.model, args.backend)
+    except ModelNotConfiguredError as error:
+        raise SystemExit(str(error)) from None
+    except OSError as error:
+        # transformers' "not a local folder or hub id" messages run to several lines; keep the first.
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise SystemExit(f"Cannot load model {args.model or os.environ.get('SER_MODEL')!r}: {first_line}") from None
+    quality = QualityConfig(min_speech_s=args.min_speech_s) if args.quality_gate else None
+    demo = build_demo(
+        classifier, args.max_duration_s, args.concurrency_limit, args.max_queue_size, quality, args.confidence_threshold,
+        serving=ServingConfig(args.max_upload_mb, args.request_timeout_s, args.upload_ttl_s, args.drift_window),
+    )
+    # launch_kwargs: the upload limit plus the middleware behind /metrics, /health, payload checks, upload deletion.
+    demo.launch(server_name=args.host, server_port=args.port, share=args.share, **launch_kwargs(demo.serving_state))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Rebuild the bundled model from scratch: train, copy, evaluate, write the model card.
+# About an hour on 2 CPU cores. Needs ../shared/data (RAVDESS + EMOVO), which is never committed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DATA=${DATA:-../shared/data}
+RUN=${RUN:-runs/bundled}
+MODEL=models/ser-ravdess
+
+python train.py configs/bundled_model.json --data_dir "$DATA/ravdess" --output_dir "$RUN"
+
+# Ship only what serving and the card need (no checkpoints, no optimizer state).
+rm -rf "$MODEL" && mkdir -p "$MODEL"
+cp "$RUN"/{config.json,model.safetensors,preprocessor_config.json,metrics.json,split.json,train_config.json} "$MODEL"/
+
+python evaluate_crosslingual.py --model "$MODEL" --backend torch --data_dir "$DATA/ravdess" --speakers 21,22,23,24 \
+    --output_dir "$MODEL/eval/ravdess-actors-21-24"
+python evaluate_crosslingual.py --model "$MODEL" --backend torch --data_dir "$DATA/emovo" --output_dir "$MODEL/eval/emovo"
+python -m scripts.estimate_wav2vec2_gpu_time --output "$MODEL/eval/wav2vec2_base_estimate.json"
+python -m scripts.make_model_card

@@ -1,0 +1,241 @@
+"""Write model_card.md from the files the scripts wrote: never type a number into the card.
+
+    python -m scripts.make_model_card            # models/ser-ravdess -> model_card.md
+    python -m scripts.make_model_card --check    # exit 1 if model_card.md is out of date
+
+Reads, inside the model folder: train_config.json and split.json (train.py), and under eval/:
+ravdess-actors-21-24/ and emovo/ (evaluate_crosslingual.py), wav2vec2_base_estimate.json
+(scripts.estimate_wav2vec2_gpu_time).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+
+from ser.predictor import BUNDLED_MODEL_DIR, REPO_ROOT
+
+CARD_PATH = REPO_ROOT / "model_card.md"
+EVALUATIONS = {
+    # folder under <model>/eval -> (dataset name, split description)
+    "ravdess-actors-21-24": ("RAVDESS (English), actors 21-24", "held-out speakers, in-domain"),
+    "emovo": ("EMOVO (Italian), all 420 clips", "cross-lingual, never seen in training"),
+}
+
+
+def _load(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+def _relative(path: Path) -> str:
+    return path.resolve().relative_to(REPO_ROOT).as_posix()
+
+
+def weakest_classes(metrics: Mapping, count: int = 2) -> list[tuple[str, float]]:
+    rows = [(label, row["recall"]) for label, row in metrics["per_class"].items() if row["support"] > 0]
+    return sorted(rows, key=lambda item: item[1])[:count]
+
+
+def top_confusion(metrics: Mapping) -> tuple[str, str, int, int]:
+    """(true, predicted, count, support of true) of the largest off-diagonal cell."""
+    labels, matrix = metrics["labels"], metrics["confusion_matrix"]
+    cells = [(matrix[i][j], labels[i], labels[j]) for i in range(len(labels)) for j in range(len(labels)) if i != j]
+    count, true, predicted = max(cells)
+    return true, predicted, count, sum(matrix[labels.index(true)])
+
+
+def _model_index(name: str, evaluations: Mapping[str, dict]) -> list[str]:
+    lines = ["model-index:", f"- name: {name}", "  results:"]
+    for folder, metrics in evaluations.items():
+        dataset, split = EVALUATIONS[folder]
+        lines += [
+            "  - task:",
+            "      type: audio-classification",
+            "      name: Speech emotion recognition",
+            "    dataset:",
+            f"      name: {dataset}",
+            f"      type: {folder}",
+            f"      split: {split}",
+            "    metrics:",
+            "    - type: accuracy",
+            f"      value: {metrics['accuracy']:.4f}",
+            "      name: Accuracy (open, argmax over all six labels)",
+            "    - type: f1",
+            f"      value: {metrics['macro_f1']:.4f}",
+            "      name: Macro-F1 (classes present)",
+            "    - type: recall",
+            f"      value: {metrics['uar']:.4f}",
+            "      name: UAR (unweighted average recall)",
+        ]
+    return lines
+
+
+def render_model_card(model_dir: Path = BUNDLED_MODEL_DIR) -> str:
+    train_config = _load(model_dir / "train_config.json")
+    split = _load(model_dir / "split.json")
+    evaluations = {folder: _load(model_dir / "eval" / folder / "metrics.json") for folder in EVALUATIONS}
+    reports = {folder: (model_dir / "eval" / folder / "report.md").read_text() for folder in EVALUATIONS}
+    estimate = _load(model_dir / "eval" / "wav2vec2_base_estimate.json")
+    model_config = _load(model_dir / "config.json")
+    weights_mb = (model_dir / "model.safetensors").stat().st_size / 1e6
+    parameters = train_config.get("num_parameters")
+    ravdess, emovo = evaluations["ravdess-actors-21-24"], evaluations["emovo"]
+    labels = ravdess["labels"]
+
+    limitation_lines = []
+    for folder, metrics in evaluations.items():
+        weak = ", ".join(f"{label} (recall {recall:.2f})" for label, recall in weakest_classes(metrics))
+        true, predicted, count, support = top_confusion(metrics)
+        limitation_lines.append(
+            f"- {EVALUATIONS[folder][0]}: weakest classes {weak}; the most common error is {true} heard as "
+            f"{predicted} ({count} of {support} {true} clips)."
+        )
+    train_counts = split["train"]["clips_per_label"] if "train" in split else {}
+
+    front_matter = [
+        "---",
+        "language:",
+        "- en",
+        "license: cc-by-nc-sa-4.0",
+        "library_name: transformers",
+        "pipeline_tag: audio-classification",
+        "tags:",
+        "- speech-emotion-recognition",
+        "- audio-classification",
+        "datasets:",
+        "- ravdess",
+        "metrics:",
+        "- accuracy",
+        "- f1",
+        "- recall",
+        *_model_index("ser-ravdess", evaluations),
+        "---",
+    ]
+    body = f"""
+# ser-ravdess: a small speech emotion model that runs anywhere
+
+The model bundled with this Space (`{_relative(model_dir)}`): a {model_config['model_type']} network
+({model_config['encoder_type']} encoder over per-utterance-normalised log-mel features, {parameters or 'see train_config.json'} parameters,
+{weights_mb:.1f} MB), trained from scratch by this project's `train.py` on RAVDESS on a 2-core CPU.
+It takes 16 kHz mono audio and returns probabilities for six emotions: {', '.join(labels)}.
+
+## Results
+
+Every number below is read from the `metrics.json` files that `evaluate_crosslingual.py` wrote
+(`{_relative(model_dir / 'eval')}/*/`); this card is generated by `python -m scripts.make_model_card`
+and a test fails if it drifts from those files.
+
+| Test set | Accuracy (open) | 95% CI | Macro-F1 | UAR | n |
+|---|---|---|---|---|---|
+| {EVALUATIONS['ravdess-actors-21-24'][0]} ({EVALUATIONS['ravdess-actors-21-24'][1]}) | {ravdess['accuracy']:.3f} | {ravdess['ci95']['accuracy'][0]:.3f}-{ravdess['ci95']['accuracy'][1]:.3f} | {ravdess['macro_f1']:.3f} | {ravdess['uar']:.3f} | {ravdess['n']} |
+| {EVALUATIONS['emovo'][0]} ({EVALUATIONS['emovo'][1]}) | {emovo['accuracy']:.3f} | {emovo['ci95']['accuracy'][0]:.3f}-{emovo['ci95']['accuracy'][1]:.3f} | {emovo['macro_f1']:.3f} | {emovo['uar']:.3f} | {emovo['n']} |
+| EMOVO, restricted to its five classes | {emovo['restricted']['accuracy']:.3f} | {emovo['restricted']['ci95']['accuracy'][0]:.3f}-{emovo['restricted']['ci95']['accuracy'][1]:.3f} | {emovo['restricted']['macro_f1']:.3f} | {emovo['restricted']['uar']:.3f} | {emovo['restricted']['n']} |
+
+"Open" takes the argmax over all six labels, so a "neutral" answer on EMOVO (which has no neutral
+class) counts as wrong; it is comparable with the reference thesis's 57% on AESDD (a different
+language and corpus: the numbers are not directly comparable). Macro-F1 and UAR average over the
+classes present in the test set.
+
+![Confusion matrices, RAVDESS actors 21-24]({_relative(model_dir / 'eval' / 'ravdess-actors-21-24' / 'confusion_matrix.png')})
+![Confusion matrices, EMOVO]({_relative(model_dir / 'eval' / 'emovo' / 'confusion_matrix.png')})
+
+## Intended use
+
+- Demonstrating and exploring speech emotion recognition on short (1-20 s) clips of one speaker,
+  offline, on a CPU; a baseline for research on acted emotional speech.
+- Scores are probabilities of *acted, prototypical* emotion categories, not measurements of what
+  a person feels.
+
+## Out of scope and misuse
+
+- Decisions about people: hiring, credit, policing, medical or psychological assessment,
+  lie detection, surveillance of employees or students. The accuracies above are far too low, the
+  training data far too narrow, and emotion inference of this kind is restricted or prohibited in
+  such settings in several jurisdictions (e.g. the EU AI Act for workplaces and education).
+- Commercial use of these weights: the training data licence (CC BY-NC-SA 4.0) does not allow it.
+
+## Limitations
+
+- Trained on 704 clips of acted North-American English from 16 actors (two sentences, studio
+  quality). Spontaneous speech, other languages, children, noisy or telephone audio are out of
+  distribution: expect lower accuracy.
+- Six classes only; surprise (and calm) are not modelled, and any input gets one of the six.
+- The cross-lingual drop is large: {ravdess['accuracy']:.3f} on unseen English speakers vs {emovo['accuracy']:.3f} on Italian.
+{chr(10).join(limitation_lines)}
+- Confidence is not calibrated across corpora: a low top probability means "uncertain", a high one
+  does not guarantee a correct answer.
+
+## Training data and licences
+
+- RAVDESS (Livingstone & Russo, PLoS ONE 2018), speech clips, audio only, in the Kaggle "Audio
+  Emotions" layout; licence CC BY-NC-SA 4.0. **The bundled weights are therefore non-commercial and
+  share-alike (CC BY-NC-SA 4.0).**
+- Split by speaker: actors {', '.join(split['train']['speakers']) if 'train' in split else '1-16'} train;
+  {', '.join(split['eval']['speakers']) if 'eval' in split else '17-20'} validation (model selection);
+  {', '.join(split['test']['speakers']) if 'test' in split else '21-24'} test only. Surprised left out.
+  Training clips per class: {', '.join(f'{label} {count}' for label, count in train_counts.items())}.
+- EMOVO (Costantini et al., LREC 2014; research and non-commercial use) is used only as a test set.
+- No audio from either corpus is in this repository.
+
+## How to reproduce every number
+
+```bash
+bash scripts/build_bundled_model.sh   # train (train.py + configs/bundled_model.json), evaluate, write this card
+```
+
+which runs, in order: `python train.py configs/bundled_model.json`; copies the model files to
+`{_relative(model_dir)}`; `python evaluate_crosslingual.py --model {_relative(model_dir)} --data_dir ../shared/data/ravdess --speakers 21,22,23,24 --output_dir {_relative(model_dir / 'eval' / 'ravdess-actors-21-24')}`;
+the same with `--data_dir ../shared/data/emovo --output_dir {_relative(model_dir / 'eval' / 'emovo')}`;
+`python -m scripts.estimate_wav2vec2_gpu_time`; and `python -m scripts.make_model_card`.
+
+## The wav2vec2-base recipe (not yet measured by this project)
+
+For users with a GPU and the Hugging Face hub, the same `train.py` fine-tunes
+`facebook/wav2vec2-base` on the full Kaggle "Audio Emotions" corpus (RAVDESS, CREMA-D, SAVEE,
+TESS) without Surprised, split by speaker:
+
+```bash
+python train.py --data_dir /path/to/audio-emotions --output_dir runs/w2v2-base \\
+    --model_name_or_path facebook/wav2vec2-base --num_train_epochs {estimate['epochs']} \\
+    --per_device_train_batch_size 16 --learning_rate 3e-5 --bf16
+```
+
+Expected GPU time, **estimated from FLOPs, not measured** (no GPU was available to this project
+when the card was written): one forward pass over a {estimate['clip_s']:g} s clip is {estimate['forward_gflop_per_clip']} GFLOP (counted
+with torch's FlopCounterMode on a random wav2vec2-base); {estimate['epochs']} epochs over {estimate['train_clips_total'] // estimate['epochs']} training clips are
+about {estimate['total_training_pflop']} PFLOP including the backward pass, i.e. about {estimate['estimated_gpu_minutes']} GPU minutes at an
+*assumed* sustained {estimate['assumed_tflops']:g} TFLOP/s; data loading usually dominates at this size.
+
+Reference numbers from the 2023 thesis this project builds on (same recipe, but a *random,
+speaker-overlapping* split): 0.792 accuracy in-domain; 57% accuracy and 0.517 macro-F1 on AESDD
+(Greek), with disgust recall 0.017. This project has not yet reproduced them; its speaker-independent
+split is expected to score lower in-domain.
+
+## Detailed reports
+
+{reports['ravdess-actors-21-24'].replace('## ', '### ', 1)}
+{reports['emovo'].replace('## ', '### ', 1)}"""
+    return "\n".join(front_matter) + "\n" + body
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model_dir", type=Path, default=BUNDLED_MODEL_DIR)
+    parser.add_argument("--output", type=Path, default=CARD_PATH)
+    parser.add_argument("--check", action="store_true", help="Do not write; exit 1 if the card differs from what the files give.")
+    args = parser.parse_args()
+    card = render_model_card(args.model_dir)
+    if args.check:
+        if not args.output.is_file() or args.output.read_text() != card:
+            print(f"{args.output} is out of date: run python -m scripts.make_model_card", file=sys.stderr)
+            return 1
+        return 0
+    args.output.write_text(card)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

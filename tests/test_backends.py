@@ -1,0 +1,155 @@
+"""Serving backends: the fast paths answer like the torch fp32 reference; the ONNX cache is reused
+and rebuilt when the weights change."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from conftest import synth_clip
+
+from ser import backends
+from ser.backends import DEFAULT_BACKEND, UnknownBackendError, cache_dir_for, resolve_backend
+from ser.predictor import EmotionClassifier
+
+# Lengths around the edges: shorter than the CNN's STFT window (400 samples), odd, 3 s.
+LENGTHS = (300, 1_600, 12_345, 16_000, 48_000)
+
+
+def _clips() -> list[np.ndarray]:
+    return [synth_clip(index % 6, seed=index, duration_s=length / 16_000) for index, length in enumerate(LENGTHS)]
+
+
+@pytest.fixture
+def model_copy(request, tmp_path):
+    """A private copy of a tiny model folder, so caches and edited weights stay in this test."""
+    source = request.getfixturevalue(request.param)
+    return shutil.copytree(source, tmp_path / "model", ignore=shutil.ignore_patterns("onnx"))
+
+
+def _long_clips() -> list[np.ndarray]:
+    # Alone, a 300-sample clip is too short for either model's conv stack; the CNN scores it in a
+    # padded batch (and ONNX must pad it the same way).
+    return [clip for clip in _clips() if len(clip) >= 1_600]
+
+
+@pytest.mark.parametrize("model_copy", ["tiny_wav2vec2_dir", "tiny_cnn_dir", "tiny_tdnn_dir"], indirect=True)
+def test_fast_backends_agree_with_torch(model_copy):
+    is_cnn = json.loads((model_copy / "config.json").read_text())["model_type"] == "emotion_cnn"
+    clips = _clips() if is_cnn else _long_clips()
+    reference = EmotionClassifier.from_pretrained(model_copy, backend="torch")
+    expected = reference.predict_proba(clips)
+    tolerances = {"onnx": 1e-4, "onnx-int8": 2e-2, "bf16": 2e-2}
+    for name, tolerance in tolerances.items():
+        fast = EmotionClassifier.from_pretrained(model_copy, backend=name)
+        assert fast.backend == name
+        assert fast.labels == reference.labels and fast.sample_rate == reference.sample_rate
+        probabilities = fast.predict_proba(clips)
+        assert probabilities.shape == expected.shape
+        np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-6)
+        assert np.abs(probabilities - expected).max() < tolerance, name
+    # fp32 ONNX is the same computation, clip by clip too (batch size 1 vs padded batches).
+    onnx = EmotionClassifier.from_pretrained(model_copy, backend="onnx")
+    one_by_one = np.concatenate([onnx.predict_proba([clip]) for clip in _long_clips()])
+    expected_one_by_one = np.concatenate([reference.predict_proba([clip]) for clip in _long_clips()])
+    assert (one_by_one.argmax(axis=1) == expected_one_by_one.argmax(axis=1)).all()
+    np.testing.assert_allclose(one_by_one, expected_one_by_one, atol=1e-4)
+
+
+@pytest.mark.parametrize("model_copy", ["tiny_cnn_dir"], indirect=True)
+def test_onnx_cache_is_reused(model_copy):
+    first = EmotionClassifier.from_pretrained(model_copy, backend="onnx-int8")
+    graph = first.backend_info.graph_path
+    assert first.backend_info.exported
+    assert graph == model_copy / "onnx" / "model.int8.onnx" and graph.is_file()
+    metadata = json.loads(graph.with_suffix(".json").read_text())
+    assert metadata["exporter_version"] == backends.EXPORTER_VERSION
+    modified = graph.stat().st_mtime_ns
+
+    second = EmotionClassifier.from_pretrained(model_copy, backend="onnx-int8")
+    assert not second.backend_info.exported
+    assert second.backend_info.graph_path == graph
+    assert graph.stat().st_mtime_ns == modified
+    # The ONNX classifier keeps no torch weights around.
+    assert second.model is None and second.config.num_labels == len(second.labels)
+    clip = [synth_clip(1, seed=3)]
+    np.testing.assert_allclose(first.predict_proba(clip), second.predict_proba(clip), atol=1e-7)
+
+
+@pytest.mark.parametrize("model_copy", ["tiny_wav2vec2_dir"], indirect=True)
+def test_stale_cache_is_rebuilt_when_weights_change(model_copy):
+    from transformers import AutoModelForAudioClassification
+
+    clip = [synth_clip(2, seed=5)]
+    before = EmotionClassifier.from_pretrained(model_copy, backend="onnx")
+    old_fingerprint = json.loads(before.backend_info.graph_path.with_suffix(".json").read_text())["fingerprint"]
+    old = before.predict_proba(clip)
+
+    # "Retrain": change the classifier head and save over the same folder.
+    model = AutoModelForAudioClassification.from_pretrained(model_copy)
+    with torch.no_grad():
+        model.classifier.weight.add_(torch.linspace(-1.0, 1.0, model.classifier.weight.numel()).view_as(model.classifier.weight))
+    model.save_pretrained(model_copy)
+
+    after = EmotionClassifier.from_pretrained(model_copy, backend="onnx")
+    assert after.backend_info.exported
+    new_fingerprint = json.loads(after.backend_info.graph_path.with_suffix(".json").read_text())["fingerprint"]
+    assert new_fingerprint != old_fingerprint
+    reference = EmotionClassifier.from_pretrained(model_copy, backend="torch").predict_proba(clip)
+    np.testing.assert_allclose(after.predict_proba(clip), reference, atol=1e-4)
+    assert np.abs(reference - old).max() > 1e-3  # the change mattered, so a stale graph would have failed
+
+
+def test_exporter_version_change_invalidates(tiny_cnn_dir, tmp_path, monkeypatch):
+    model_dir = shutil.copytree(tiny_cnn_dir, tmp_path / "model", ignore=shutil.ignore_patterns("onnx"))
+    assert EmotionClassifier.from_pretrained(model_dir, backend="onnx").backend_info.exported
+    assert not EmotionClassifier.from_pretrained(model_dir, backend="onnx").backend_info.exported
+    monkeypatch.setattr(backends, "EXPORTER_VERSION", backends.EXPORTER_VERSION + "-next")
+    assert EmotionClassifier.from_pretrained(model_dir, backend="onnx").backend_info.exported
+
+
+def test_cache_location_for_hub_ids_and_read_only_folders(tmp_path, monkeypatch):
+    monkeypatch.setenv(backends.CACHE_ENV_VAR, str(tmp_path / "cache"))
+    assert cache_dir_for("superb/wav2vec2-base-superb-er") == tmp_path / "cache" / "onnx" / "superb--wav2vec2-base-superb-er"
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    assert cache_dir_for(str(model_dir)) == model_dir / "onnx"
+    monkeypatch.setattr(backends, "_is_writable_dir", lambda directory: False)
+    read_only = cache_dir_for(str(model_dir))
+    assert read_only.parent == tmp_path / "cache" / "onnx" and read_only.name.endswith("model")
+
+
+def test_resolve_backend(monkeypatch):
+    monkeypatch.delenv(backends.BACKEND_ENV_VAR, raising=False)
+    assert resolve_backend() == DEFAULT_BACKEND
+    assert DEFAULT_BACKEND in backends.BACKENDS and "torch" in backends.BACKENDS
+    monkeypatch.setenv(backends.BACKEND_ENV_VAR, "bf16")
+    assert resolve_backend() == "bf16"
+    assert resolve_backend("Torch") == "torch"  # explicit beats the environment
+    with pytest.raises(UnknownBackendError, match="onnx-int8"):
+        resolve_backend("tensorrt")
+
+
+def test_env_var_selects_backend(tiny_cnn_dir, monkeypatch):
+    monkeypatch.setenv(backends.BACKEND_ENV_VAR, "torch")
+    classifier = EmotionClassifier.from_pretrained(tiny_cnn_dir)
+    assert classifier.backend == "torch" and classifier.model is not None
+
+
+def test_int8_quantizes_only_weight_matmuls(tiny_wav2vec2_dir, tmp_path):
+    import onnx
+    from transformers import AutoModelForAudioClassification
+
+    from ser.backends import export_onnx, quantize_int8
+
+    model = AutoModelForAudioClassification.from_pretrained(tiny_wav2vec2_dir).eval()
+    fp32, int8 = tmp_path / "model.onnx", tmp_path / "model.int8.onnx"
+    export_onnx(model, fp32, 16_000, uses_attention_mask=False)
+    quantize_int8(fp32, int8)
+    ops = [node.op_type for node in onnx.load(str(int8)).graph.node]
+    # Linear layers become integer matmuls; attention (activation x activation) stays fp32; no ConvInteger.
+    assert ops.count("MatMulInteger") > 0 and ops.count("MatMul") > 0
+    assert "ConvInteger" not in ops

@@ -1,0 +1,107 @@
+"""``python -m ser.predict``: CSV of predictions, resumable, bad files listed, shardable."""
+
+from __future__ import annotations
+
+import csv
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import REPO_ROOT, synth_clip, write_clip
+
+from ser.predict import list_inputs, main, shard, shard_output_path
+from ser.predictor import EmotionClassifier
+
+
+def _read(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+@pytest.fixture
+def clips_dir(tmp_path) -> Path:
+    root = tmp_path / "clips"
+    for index in range(5):
+        write_clip(root / f"speaker{index % 2}" / f"clip{index}.wav", synth_clip(index % 6, seed=index))
+    (root / "broken.wav").write_bytes(b"RIFF....not audio at all")
+    (root / "empty.flac").write_bytes(b"")
+    (root / "notes.txt").write_text("not audio, not listed")
+    return root
+
+
+def test_predicts_folder_to_csv_and_lists_bad_files(tiny_cnn_dir, clips_dir, tmp_path):
+    output = tmp_path / "preds.csv"
+    code = main(["--model", str(tiny_cnn_dir), "--inputs", str(clips_dir), "--output", str(output), "--batch_size", "2", "--backend", "onnx"])
+    assert code == 0
+    rows = _read(output)
+    classifier = EmotionClassifier.from_pretrained(tiny_cnn_dir, backend="torch")
+    assert list(rows[0]) == ["path", "label", "confidence", *classifier.labels]
+    good = sorted(str(path) for path in clips_dir.rglob("clip*.wav"))
+    assert sorted(row["path"] for row in rows) == good
+    for row in rows:
+        probabilities = np.array([float(row[label]) for label in classifier.labels])
+        assert probabilities.sum() == pytest.approx(1.0, abs=1e-5)
+        assert row["label"] == classifier.labels[int(probabilities.argmax())]
+        assert float(row["confidence"]) == pytest.approx(probabilities.max(), abs=1e-6)
+        # Same answer as the torch reference, file by file.
+        expected = classifier.classify_file(row["path"])
+        np.testing.assert_allclose(probabilities, [expected.probabilities[label] for label in classifier.labels], atol=1e-4)
+    errors = _read(tmp_path / "preds.errors.csv")
+    assert sorted(Path(row["path"]).name for row in errors) == ["broken.wav", "empty.flac"]
+    assert {row["error"] for row in errors} == {"AudioDecodeError", "EmptyAudioError"}
+
+
+def test_resumes_without_duplicates(tiny_cnn_dir, clips_dir, tmp_path):
+    output = tmp_path / "preds.csv"
+    arguments = ["--model", str(tiny_cnn_dir), "--inputs", str(clips_dir), "--output", str(output), "--backend", "onnx"]
+    assert main(arguments) == 0
+    first = _read(output)
+    assert main(arguments) == 0
+    assert _read(output) == first
+    assert len(_read(tmp_path / "preds.errors.csv")) == 2  # bad files are not retried either
+    new_clip = write_clip(clips_dir / "late.wav", synth_clip(3, seed=99))
+    assert main(arguments) == 0
+    rows = _read(output)
+    assert rows[: len(first)] == first and [row["path"] for row in rows[len(first) :]] == [str(new_clip)]
+
+
+def test_file_list_and_shards(tiny_cnn_dir, clips_dir, tmp_path):
+    paths = sorted(str(path) for path in clips_dir.rglob("clip*.wav"))
+    file_list = tmp_path / "list.txt"
+    file_list.write_text("# clips to score\n" + "\n".join(paths + [paths[0]]) + "\n\n")
+    assert list_inputs(file_list) == paths  # comments, blanks and repeats dropped, order kept
+    shards = [shard(paths, index, 2) for index in range(2)]
+    assert sorted(shards[0] + shards[1]) == paths and not set(shards[0]) & set(shards[1])
+    with pytest.raises(ValueError):
+        shard(paths, 2, 2)
+
+    output = tmp_path / "preds.csv"
+    for index in range(2):
+        arguments = ["--model", str(tiny_cnn_dir), "--inputs", str(file_list), "--output", str(output), "--backend", "onnx"]
+        assert main(arguments + ["--shard_index", str(index), "--num_shards", "2"]) == 0
+    outputs = [shard_output_path(output, index, 2) for index in range(2)]
+    assert [path.name for path in outputs] == ["preds.shard0of2.csv", "preds.shard1of2.csv"]
+    assert sorted(row["path"] for path in outputs for row in _read(path)) == paths
+    assert not output.exists()
+
+
+def test_refuses_csv_from_another_model(tiny_cnn_dir, clips_dir, tmp_path):
+    output = tmp_path / "preds.csv"
+    output.write_text("path,label,confidence,calm,excited\n")
+    assert main(["--model", str(tiny_cnn_dir), "--inputs", str(clips_dir), "--output", str(output), "--backend", "onnx"]) == 2
+
+
+def test_command_line(tiny_cnn_dir, clips_dir, tmp_path):
+    output = tmp_path / "preds.csv"
+    result = subprocess.run(
+        [sys.executable, "-m", "ser.predict", "--model", str(tiny_cnn_dir), "--inputs", str(clips_dir), "--output", str(output)],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "5 predictions written" in result.stdout and "2 files failed" in result.stdout
+    assert len(_read(output)) == 5

@@ -1,0 +1,268 @@
+"""train.py end to end on generated audio and tiny random models, plus its argument handling,
+the training helpers (ser/training.py) and augmentation (ser/augment.py). Offline and small."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ser.augment import AugmentConfig, add_noise, apply_gain, augment_waveform, speed_perturb
+from ser.predictor import EmotionClassifier
+from ser.training import ClipDataset, center_crop, class_weights, sample_weights
+from tests.conftest import REPO_ROOT, SHARED_DATA, synth_clip, write_clip
+
+SIX = ["angry", "disgusted", "fearful", "happy", "neutral", "sad"]
+
+_spec = importlib.util.spec_from_file_location("train_script", REPO_ROOT / "train.py")
+train = importlib.util.module_from_spec(_spec)
+sys.modules["train_script"] = train  # dataclasses look their module up while the class is built
+_spec.loader.exec_module(train)
+
+# Small and quick: one short epoch, no checkpoints kept beyond what the test needs.
+FAST = ["--per_device_train_batch_size", "8", "--per_device_eval_batch_size", "16", "--disable_tqdm", "true", "--seed", "0"]
+
+
+def _run(data_dir: Path, output_dir: Path, *extra: str) -> int:
+    return train.main(["--data_dir", str(data_dir), "--output_dir", str(output_dir), *FAST, *extra])
+
+
+def _read(path: Path):
+    return json.loads(path.read_text())
+
+
+def test_end_to_end_wav2vec2_writes_all_outputs(tmp_path, audio_emotions_dir, tiny_wav2vec2_dir):
+    output_dir = tmp_path / "run"
+    assert _run(audio_emotions_dir, output_dir, "--model_name_or_path", str(tiny_wav2vec2_dir), "--num_train_epochs", "1") == 0
+
+    for name in ("config.json", "model.safetensors", "preprocessor_config.json", "metrics.json", "split.json", "train_config.json", "README.md"):
+        assert (output_dir / name).is_file(), name
+    split, metrics, config = _read(output_dir / "split.json"), _read(output_dir / "metrics.json"), _read(output_dir / "config.json")
+
+    # Surprised is excluded everywhere; the six labels in canonical order.
+    assert config["id2label"] == {str(index): label for index, label in enumerate(SIX)}
+    assert metrics["labels"] == SIX
+    for name in ("train", "eval", "test"):
+        assert "surprised" not in split[name]["label_counts"]
+    # 17 clips per class in the fixture (12 RAVDESS, 2 CREMA-D, 2 TESS, 1 SAVEE), 6 classes.
+    assert sum(split[name]["num_clips"] for name in ("train", "eval", "test")) == 6 * 17
+    # No speaker in two splits, and the test metrics cover exactly the test split.
+    speakers = [set(split[name]["speakers"]) for name in ("train", "eval", "test")]
+    assert not (speakers[0] & speakers[1]) and not (speakers[0] & speakers[2]) and not (speakers[1] & speakers[2])
+    assert len(set().union(*speakers)) == 11
+    assert metrics["n"] == split["test"]["num_clips"]
+    assert sum(metrics["per_class"][label]["support"] for label in SIX) == metrics["n"]
+    assert metrics["speakers"] == split["test"]["speakers"]
+    assert set(metrics) >= {"accuracy", "macro_f1", "uar", "confusion_matrix", "per_class"}
+
+    # Label maps round-trip: what the predictor reads is what training set.
+    classifier = EmotionClassifier.from_pretrained(output_dir)
+    assert classifier.labels == SIX
+    resolved = _read(output_dir / "train_config.json")
+    assert resolved["data"]["data_dir"] == str(audio_emotions_dir)
+    assert resolved["training"]["eval_strategy"] == "epoch" and resolved["training"]["learning_rate"] == 3e-5
+    card = (output_dir / "README.md").read_text()
+    assert f"| macro-F1 | {metrics['macro_f1']:.3f} |" in card and f"({metrics['n']} clips)" in card
+
+
+def test_use_weighted_layer_sum_is_set_or_refused_clearly(tiny_wav2vec2_dir):
+    import torch
+
+    try:
+        model, _ = train.build_model(train.ModelArguments(model_name_or_path=str(tiny_wav2vec2_dir), use_weighted_layer_sum=True), SIX)
+    except train.TrainSetupError as error:
+        # transformers 5.23 returns one hidden state fewer than group-norm wav2vec2 has layer weights: refused up front.
+        assert "--use_weighted_layer_sum does not work for Wav2Vec2ForSequenceClassification" in str(error)
+        return
+    assert model.config.use_weighted_layer_sum is True
+    assert model(input_values=torch.zeros(2, 16_000)).logits.shape == (2, 6)
+
+
+def test_from_scratch_emotion_cnn_with_sampler_and_augmentation(tmp_path, audio_emotions_dir, caplog):
+    output_dir = tmp_path / "cnn"
+    caplog.set_level(logging.INFO)
+    code = _run(
+        audio_emotions_dir, output_dir,
+        "--from_scratch", "emotion-cnn-small", "--max_steps", "2", "--class_balance", "sampler", "--speed_prob", "1.0",
+        "--eval_strategy", "no", "--save_strategy", "no",
+    )  # fmt: skip
+    assert code == 0
+    assert _read(output_dir / "config.json")["model_type"] == "emotion_cnn"
+    assert _read(output_dir / "train_config.json")["training"]["learning_rate"] == train.FROM_SCRATCH_LEARNING_RATE
+    assert "has no CNN feature encoder" in caplog.text
+    classifier = EmotionClassifier.from_pretrained(output_dir)
+    prediction = classifier.classify_waveform(synth_clip(0, seed=5))
+    assert classifier.labels == SIX and prediction.label in SIX
+
+
+def test_corrupt_clip_is_skipped_and_counted_and_resume(tmp_path, audio_emotions_dir, tiny_cnn_dir, caplog):
+    data_dir = tmp_path / "data"
+    shutil.copytree(audio_emotions_dir, data_dir)
+    corrupt = data_dir / "Emotions" / "Angry" / "03-01-05-01-02-02-01.wav"
+    corrupt.write_bytes(b"RIFF not really a wave file")
+    output_dir = tmp_path / "run"
+    caplog.set_level(logging.INFO)
+    args = ["--model_name_or_path", str(tiny_cnn_dir), "--eval_strategy", "no", "--save_strategy", "steps", "--save_steps", "1"]
+    assert _run(data_dir, output_dir, *args, "--max_steps", "1") == 0
+    split = _read(output_dir / "split.json")
+    assert [item["path"] for item in split["skipped_clips"]] == [str(corrupt)]
+    assert "Skipped 1 of 103 clips" in caplog.text
+    assert sum(split[name]["num_clips"] for name in ("train", "eval", "test")) == 102
+
+    # --resume_from_checkpoint true continues from checkpoint-1 up to the new max_steps.
+    caplog.clear()
+    assert _run(data_dir, output_dir, *args, "--max_steps", "2", "--resume_from_checkpoint", "true") == 0
+    assert "Resuming from" in caplog.text and "checkpoint-1" in caplog.text
+    assert _read(output_dir / "trainer_state.json")["global_step"] == 2
+
+
+def _make_corpus(root: Path, folders: dict[str, int]) -> Path:
+    for index, (folder, count) in enumerate(folders.items()):
+        (root / "Emotions" / folder).mkdir(parents=True, exist_ok=True)
+        for clip in range(count):
+            write_clip(root / "Emotions" / folder / f"03-01-0{index + 1}-01-01-01-{clip + 1:02d}.wav", synth_clip(index, clip, 0.3))
+    return root
+
+
+@pytest.mark.parametrize(
+    ("folders", "extra", "message"),
+    [
+        ({"Angry": 3, "Calm": 3, "Sad": 3}, [], r"Unknown class folder\(s\).*\['Calm'\].*--label_map"),
+        ({"Angry": 3, "Sad": 0}, [], r"without audio clips.*\['Sad'\].*--exclude_labels"),
+        ({"Angry": 3, "Surprised": 3}, [], r"Only \['angry'\] left"),
+        ({"Angry": 3, "Sad": 3}, ["--test_speakers", "42"], r"'42' is not in the corpus"),
+        ({"Angry": 3, "Sad": 3}, ["--from_scratch", "no-such-preset"], r"--from_scratch: Unknown config 'no-such-preset'"),
+    ],
+)
+def test_bad_input_is_a_clear_error(tmp_path, caplog, folders, extra, message):
+    data_dir = _make_corpus(tmp_path / "data", folders)
+    assert _run(data_dir, tmp_path / "out", *extra) == 1
+    errors = "\n".join(record.getMessage() for record in caplog.records if record.levelno >= logging.ERROR)
+    assert re.search(message, errors, re.DOTALL), errors
+
+
+def test_missing_folder_and_unparsed_names(tmp_path, caplog):
+    assert _run(tmp_path / "nowhere", tmp_path / "out") == 1
+    assert "does not exist" in caplog.text
+    caplog.clear()
+    for index in range(3):
+        write_clip(tmp_path / "odd" / "angry" / f"take{index}.wav", synth_clip(0, index, 0.3))
+        write_clip(tmp_path / "odd" / "sad" / f"take{index}.wav", synth_clip(5, index, 0.3))
+    assert _run(tmp_path / "odd", tmp_path / "out") == 1
+    assert "no speaker can be parsed" in caplog.text and "take0.wav" in caplog.text and "--allow_random_fallback" in caplog.text
+
+
+def test_label_map_renames_folders(tmp_path):
+    data_dir = _make_corpus(tmp_path / "data", {"Angry": 2, "Calm": 2})
+    labels, split = train.load_corpus_split(train.DataArguments(data_dir=str(data_dir), label_map="calm=neutral", split="random", eval_fraction=0.0, test_fraction=0.25), seed=0)
+    assert labels == ["angry", "neutral"]
+    assert len(split.train) == 3 and len(split.test) == 1
+
+
+def test_arguments_precedence_cli_over_json_over_defaults(tmp_path):
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"data_dir": "d", "output_dir": "o", "num_train_epochs": 3, "learning_rate": 0.01, "from_scratch": "emotion-cnn-small", "test_speakers": "21,22"}))
+    data_args, model_args, training_args = train.parse_arguments([str(config), "--learning_rate", "0.002"])
+    assert (training_args.num_train_epochs, training_args.learning_rate) == (3, 0.002)
+    assert (model_args.from_scratch, data_args.test_speakers) == ("emotion-cnn-small", "21,22")
+    assert training_args.load_best_model_at_end and training_args.metric_for_best_model == "macro_f1"
+    # A user strategy that contradicts our load_best default drops the default rather than failing.
+    _, _, training_args = train.parse_arguments(["--data_dir", "d", "--output_dir", "o", "--save_strategy", "steps"])
+    assert training_args.load_best_model_at_end is False
+    # No eval split -> no evaluation; asking for it anyway is a parser error.
+    _, _, training_args = train.parse_arguments(["--data_dir", "d", "--output_dir", "o", "--eval_fraction", "0"])
+    assert training_args.eval_strategy == "no"
+    for argv in (
+        ["--data_dir", "d", "--output_dir", "o", "--eval_fraction", "0", "--eval_strategy", "steps"],
+        ["--output_dir", "o"],
+    ):
+        with pytest.raises(SystemExit):
+            train.parse_arguments(argv)
+    config.write_text(json.dumps({"data_dir": "d", "output_dir": "o", "num_epochs": 3}))
+    with pytest.raises(SystemExit):
+        train.parse_arguments([str(config)])
+
+
+def test_help_explains_flags():
+    result = subprocess.run([sys.executable, str(REPO_ROOT / "train.py"), "--help"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0
+    text = " ".join(result.stdout.split())
+    for phrase in ("--test_speakers", "--from_scratch", "--class_balance", "--max_duration_s", "--num_train_epochs", "speaker-independent"):
+        assert phrase in text
+
+
+def test_ddp_two_cpu_processes(tmp_path, audio_emotions_dir, tiny_cnn_dir):
+    output_dir = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)}
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+        str(REPO_ROOT / "train.py"), "--data_dir", str(audio_emotions_dir), "--output_dir", str(output_dir),
+        "--model_name_or_path", str(tiny_cnn_dir), "--max_steps", "2", "--eval_strategy", "steps", "--eval_steps", "2",
+        "--save_strategy", "steps", "--save_steps", "2", "--use_cpu", "true", *FAST,
+    ]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, timeout=240, env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    split, metrics = _read(output_dir / "split.json"), _read(output_dir / "metrics.json")
+    # Predictions gathered from both ranks, without the padding duplicates of a distributed sampler.
+    assert metrics["n"] == split["test"]["num_clips"]
+    assert _read(output_dir / "trainer_state.json")["global_step"] == 2
+    assert _read(output_dir / "train_config.json")["world_size"] == 2
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "ravdess").is_dir(), reason="shared RAVDESS copy not present")
+def test_shared_ravdess_two_steps(tmp_path, tiny_cnn_dir):
+    output_dir = tmp_path / "ravdess"
+    code = _run(
+        SHARED_DATA / "ravdess", output_dir, "--model_name_or_path", str(tiny_cnn_dir),
+        "--test_speakers", "21,22,23,24", "--eval_speakers", "17,18,19,20",
+        "--max_steps", "2", "--max_train_samples", "16", "--max_eval_samples", "12", "--eval_strategy", "no", "--save_strategy", "no",
+    )  # fmt: skip
+    assert code == 0
+    split = _read(output_dir / "split.json")
+    assert split["test"]["speakers"] == [f"ravdess:{actor}" for actor in (21, 22, 23, 24)]
+    assert split["train"]["speakers"] == sorted(f"ravdess:{actor}" for actor in range(1, 17))
+    assert (split["train"]["num_clips"], split["test"]["num_clips"]) == (16, 12)
+
+
+# -- helpers ----------------------------------------------------------------------------------------
+def test_class_and_sample_weights_exact():
+    assert class_weights([0, 0, 0, 1], 3).tolist() == pytest.approx([4 / 6, 2.0, 0.0])
+    assert sample_weights([0, 0, 1]) == [0.5, 0.5, 1.0]
+
+
+def test_dataset_crops_train_randomly_and_eval_centrally():
+    waveform = np.arange(32_000, dtype=np.float32)
+    eval_item = ClipDataset([waveform], [3], 16_000, max_duration_s=1.0, train=False)[0]
+    assert eval_item["labels"] == 3 and np.array_equal(eval_item["input_values"], center_crop(waveform, 16_000))
+    assert eval_item["input_values"][0] == 8_000
+    train_set = ClipDataset([waveform], [3], 16_000, max_duration_s=1.0, train=True, augment=None)
+    starts = {float(train_set[0]["input_values"][0]) for _ in range(8)}
+    assert all(len(train_set[0]["input_values"]) == 16_000 for _ in range(3)) and len(starts) > 1
+    whole = ClipDataset([waveform], [0], 16_000, max_duration_s=None, train=False)[0]["input_values"]
+    assert len(whole) == 32_000
+
+
+def test_augmentations():
+    rng = np.random.default_rng(0)
+    clean = (0.1 * np.sin(np.arange(160_000) / 10.0)).astype(np.float32)
+    noisy = add_noise(clean, rng, (20.0, 20.0))
+    snr_db = 10 * np.log10(np.mean(clean.astype(np.float64) ** 2) / np.mean((noisy - clean).astype(np.float64) ** 2))
+    assert noisy.dtype == np.float32 and snr_db == pytest.approx(20.0, abs=0.2)
+    gained = apply_gain(clean, rng, 6.0)
+    ratio = float(np.max(np.abs(gained)) / np.max(np.abs(clean)))
+    assert 10 ** (-6 / 20) - 1e-6 <= ratio <= 10 ** (6 / 20) + 1e-6
+    assert len(speed_perturb(clean, rng, [1.25], 16_000)) == pytest.approx(len(clean) / 1.25, abs=2)
+    config = AugmentConfig(noise_prob=1.0, gain_prob=1.0, speed_prob=1.0, speed_factors=(0.9,))
+    first = augment_waveform(clean, np.random.default_rng(7), config, 16_000)
+    second = augment_waveform(clean, np.random.default_rng(7), config, 16_000)
+    assert np.array_equal(first, second) and len(first) == pytest.approx(len(clean) / 0.9, abs=2)
+    assert not AugmentConfig(noise_prob=0, gain_prob=0, speed_prob=0).enabled
