@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import statistics
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -13,11 +12,8 @@ from pathlib import Path
 import numpy as np
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-if str(REPO_ROOT) not in sys.path:  # runnable as ``python benchmarks/x.py`` as well as ``-m``
-    sys.path.insert(0, str(REPO_ROOT))
-
-from ser.audio import TARGET_SAMPLE_RATE  # noqa: E402
-from ser.labels import DEFAULT_LABELS, label_maps  # noqa: E402
+from ser.audio import TARGET_SAMPLE_RATE
+from ser.labels import DEFAULT_LABELS, label_maps
 
 logger = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """Load test of ``python app.py`` on loopback: N concurrent gradio_client clients x M requests.
 
-    python benchmarks/load_test.py                               # bundled models/ser-ravdess, 16 x 50
-    python benchmarks/load_test.py --model runs/cnn --clients 4 --requests_per_client 10
+    python -m benchmarks.load_test                               # bundled models/ser-ravdess, 16 x 50
+    python -m benchmarks.load_test --model runs/cnn --clients 4 --requests_per_client 10
 
 Starts the app on a free 127.0.0.1 port (its own GRADIO_TEMP_DIR), warms it up, then runs the
 clients, each sending an upload of ``--clip`` through ``Client.predict`` in a loop. Bounded: it
@@ -30,11 +30,8 @@ from pathlib import Path
 import requests
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-if str(REPO_ROOT) not in sys.path:  # runnable as ``python benchmarks/load_test.py`` as well as ``-m``
-    sys.path.insert(0, str(REPO_ROOT))
-
-from benchmarks.common import percentile  # noqa: E402
-from ser.predictor import BUNDLED_MODEL_DIR  # noqa: E402
+from benchmarks.common import percentile
+from ser.predictor import BUNDLED_MODEL_DIR
 
 logger = logging.getLogger("benchmarks.load_test")
 

@@ -1,7 +1,7 @@
 """End to end through the server: start app.py, drive ``/predict`` with gradio_client, compare with in-process.
 
-    python benchmarks/server_roundtrip.py                       # random-init wav2vec2-base, default backend
-    python benchmarks/server_roundtrip.py --model models/ser-ravdess --backend torch
+    python -m benchmarks.server_roundtrip                       # random-init wav2vec2-base, default backend
+    python -m benchmarks.server_roundtrip --model models/ser-ravdess --backend torch
 
 Starts ``app.py --model M --port P`` (backend passed as ``$SER_BACKEND``), waits until it answers,
 then sends one 3 s clip from 1 and from 8 concurrent clients and prints round-trip p50/p95 next

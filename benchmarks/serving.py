@@ -1,7 +1,7 @@
 """In-process serving benchmark: the transformers pipeline (fp32 baseline) vs each project backend.
 
-    python benchmarks/serving.py                          # random-init wav2vec2-base, every backend
-    python benchmarks/serving.py --model models/ser-ravdess --real_clips 0   # any other model
+    python -m benchmarks.serving                          # random-init wav2vec2-base, every backend
+    python -m benchmarks.serving --model models/ser-ravdess --real_clips 0   # any other model
 
 Prints, side by side: median/min/max latency for 1, 3 and 10 s clips, the ratio to the pipeline,
 batch throughput, peak RSS (each engine in a fresh process), top-1 agreement with the torch fp32

@@ -13,8 +13,8 @@ python train.py configs/bundled_model.json --data_dir "$DATA/ravdess" --output_d
 rm -rf "$MODEL" && mkdir -p "$MODEL"
 cp "$RUN"/{config.json,model.safetensors,preprocessor_config.json,metrics.json,split.json,train_config.json} "$MODEL"/
 
-python evaluate_crosslingual.py --model "$MODEL" --backend torch --data_dir "$DATA/ravdess" --speakers 21,22,23,24 \
-    --output_dir "$MODEL/eval/ravdess-actors-21-24"
-python evaluate_crosslingual.py --model "$MODEL" --backend torch --data_dir "$DATA/emovo" --output_dir "$MODEL/eval/emovo"
+EVAL="python evaluate_crosslingual.py --model $MODEL --backend torch --snr_db 20,10,5,0"
+$EVAL --data_dir "$DATA/ravdess" --speakers 21,22,23,24 --output_dir "$MODEL/eval/ravdess-actors-21-24"
+$EVAL --data_dir "$DATA/emovo" --output_dir "$MODEL/eval/emovo"
 python -m scripts.estimate_wav2vec2_gpu_time --output "$MODEL/eval/wav2vec2_base_estimate.json"
 python -m scripts.make_model_card

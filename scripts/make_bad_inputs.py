@@ -1,7 +1,7 @@
 """Write a corpus of awkward and broken uploads for robustness tests of the Space.
 
-    python scripts/make_bad_inputs.py --output_dir /tmp/bad-inputs            # ~40 cases, ~6 MB
-    python scripts/make_bad_inputs.py --output_dir /tmp/bad-inputs --max_upload_mb 32
+    python -m scripts.make_bad_inputs --output_dir /tmp/bad-inputs            # ~40 cases, ~6 MB
+    python -m scripts.make_bad_inputs --output_dir /tmp/bad-inputs --max_upload_mb 32
 
 Each case is one file plus an entry in ``manifest.json``: ``name``, ``file``, ``expect``
 (``error``: the app must refuse it with a message; ``answer``: readable speech the app must
@@ -19,7 +19,6 @@ import logging
 import os
 import shutil
 import subprocess
-import sys
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,10 +27,7 @@ import numpy as np
 import soundfile
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-if str(REPO_ROOT) not in sys.path:  # runnable as ``python scripts/make_bad_inputs.py``
-    sys.path.insert(0, str(REPO_ROOT))
-
-from ser.audio import resample  # noqa: E402
+from ser.audio import resample
 
 logger = logging.getLogger("make_bad_inputs")
 

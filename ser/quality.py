@@ -30,7 +30,8 @@ from .audio import TARGET_SAMPLE_RATE, AudioError, resample
 
 logger = logging.getLogger(__name__)
 
-#: Top probability below this -> "uncertain". See README "Audio the model can trust" for how it was chosen.
+#: Top probability below this -> "uncertain". Chosen from the bundled model's accuracy-vs-coverage
+#: curves (models/ser-ravdess/eval/*/coverage.csv; README "Audio the model can trust").
 DEFAULT_CONFIDENCE_THRESHOLD = 0.5
 
 #: Level floor for digital silence, so an all-zero clip reports a finite dBFS.

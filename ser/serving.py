@@ -379,11 +379,11 @@ class RequestGuard:
                 "This audio is no longer on the server: uploads are deleted after their answer. Upload or record it again."
             )
         future = self._executor.submit(work)
-        # Deleted when the work is really finished (also after a timeout), never while it may still read the file.
-        future.add_done_callback(lambda _: self.uploads.release(audio_path))
+        timed_out = False
         try:
             result = future.result(timeout=self.timeout_s)
         except concurrent.futures.TimeoutError:
+            timed_out = True
             future.cancel()
             self.metrics.observe_failure("timeout", time.perf_counter() - started)
             logger.warning("Request timed out after %.0f s", self.timeout_s)
@@ -396,6 +396,13 @@ class RequestGuard:
         except Exception:
             self.metrics.observe_failure("error", time.perf_counter() - started)
             raise
+        finally:
+            # Deleted before the answer leaves (so nothing is left once a client has it), except after a
+            # timeout: then when the work really stops, never while it may still read the file.
+            if timed_out:
+                future.add_done_callback(lambda _: self.uploads.release(audio_path))
+            else:
+                self.uploads.release(audio_path)
         self.metrics.observe_answer(probabilities(result), time.perf_counter() - started)
         return result
 
