@@ -80,7 +80,7 @@ class AppArguments:
     )
     backend: str | None = field(
         default=None,
-        metadata={"help": "Serving backend: torch (fp32 reference), onnx, onnx-int8, bf16. Default: $SER_BACKEND, else onnx (README: Fast CPU serving)."},
+        metadata={"help": "Serving backend: torch (fp32 reference), onnx, onnx-int8, bf16. Default: $SER_BACKEND, else the fastest that agrees with torch for the architecture: bf16 for wav2vec2, onnx otherwise (README: Fast CPU serving)."},
     )
     host: str = field(
         default_factory=lambda: os.environ.get("GRADIO_SERVER_NAME", DEFAULT_HOST),

@@ -34,7 +34,7 @@ class EvaluationArguments:
         default=None, metadata={"help": "Local model folder or hub id; default: $SER_MODEL, else the bundled models/ser-ravdess."}
     )
     backend: str | None = field(
-        default=None, metadata={"help": "Serving backend: torch (fp32 reference), onnx, onnx-int8, bf16. Default: $SER_BACKEND, else onnx (README: Fast CPU serving)."}
+        default=None, metadata={"help": "Serving backend: torch (fp32 reference), onnx, onnx-int8, bf16. Default: $SER_BACKEND, else the fastest that agrees with torch for the architecture: bf16 for wav2vec2, onnx otherwise (README: Fast CPU serving)."}
     )
     label_map: str | None = field(
         default=None, metadata={"help": "Extra folder -> label mapping, JSON or 'folder=label,...' (e.g. 'rabbia=angry,gioia=happy')."}

@@ -117,13 +117,13 @@ def _drive(url: str, clip: Path, clients: int, requests_per_client: int) -> tupl
 
 
 def main() -> None:
-    from transformers import HfArgumentParser
+    from transformers import AutoConfig, HfArgumentParser
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
     (args,) = HfArgumentParser(RoundTripArguments).parse_args_into_dataclasses()
     model = args.model or str(random_wav2vec2_base())
-    backend = resolve_backend(args.backend)
+    backend = resolve_backend(args.backend, AutoConfig.from_pretrained(model).model_type)
     app_py = REPO_ROOT / "app.py"
     if not app_py.is_file():
         raise SystemExit(f"{app_py} does not exist yet: this benchmark drives it (--model, --port, api_name={API_NAME!r}).")

@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+from transformers import AutoConfig
 
 from benchmarks.common import (
     DEFAULT_REAL_CLIPS_DIR,
@@ -34,7 +35,7 @@ from benchmarks.common import (
     timed,
 )
 from ser.audio import load_audio
-from ser.backends import BACKENDS, DEFAULT_BACKEND
+from ser.backends import BACKENDS, resolve_backend
 from ser.predictor import EmotionClassifier
 
 logger = logging.getLogger("benchmarks.serving")
@@ -190,7 +191,7 @@ def print_report(report: dict) -> None:
     durations = report["durations_s"]
     names = list(report["latency_ms"])
     baseline = PIPELINE if PIPELINE in names else names[0]
-    print(f"\nModel: {report['model']}   threads: {report['threads']}   default backend: {DEFAULT_BACKEND}")
+    print(f"\nModel: {report['model']}   threads: {report['threads']}   default backend: {report['default_backend']}")
     header = f"{'engine':<11}" + "".join(f"{f'{d:g} s median [min-max] ms':>30}{'x':>6}" for d in durations)
     header += f"{'clips/s':>9}{'peak RSS MB':>13}"
     print(header)
@@ -256,6 +257,7 @@ def main() -> None:
     report = {
         "model": model,
         "threads": num_threads(),
+        "default_backend": resolve_backend(None, AutoConfig.from_pretrained(model).model_type),
         "durations_s": durations_s,
         "latency_ms": {name: {str(d): summary_ms(values) for d, values in per.items()} for name, per in latency_s.items()},
         "throughput_clips_per_s": clips_per_s,

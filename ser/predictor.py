@@ -96,7 +96,7 @@ class EmotionClassifier:
         self.sample_rate: int = int(feature_extractor.sampling_rate)
         self._uses_attention_mask = bool(getattr(feature_extractor, "return_attention_mask", False))
         built = build_backend(
-            resolve_backend(backend), model, name, self.sample_rate, self._uses_attention_mask, release_torch_weights=release_model
+            resolve_backend(backend, model.config.model_type), model, name, self.sample_rate, self._uses_attention_mask, release_torch_weights=release_model
         )
         self.backend: str = built.name
         self.backend_info = built
@@ -109,14 +109,15 @@ class EmotionClassifier:
     ) -> "EmotionClassifier":
         """Load a local folder or a hub id (``None``: ``$SER_MODEL`` or the bundled model).
 
-        ``backend``: explicit, else ``$SER_BACKEND``, else the fastest one that agrees with fp32
-        (:data:`ser.backends.DEFAULT_BACKEND`).
+        ``backend``: explicit, else ``$SER_BACKEND``, else the fastest one that agrees with fp32 for
+        this architecture (:func:`ser.backends.resolve_backend`).
         """
         name = resolve_model_path(model_name_or_path)
-        backend = resolve_backend(backend)
+        resolve_backend(backend)  # an unknown name fails before the model is loaded
         started = time.perf_counter()
         feature_extractor = AutoFeatureExtractor.from_pretrained(name)
         model = AutoModelForAudioClassification.from_pretrained(name)
+        backend = resolve_backend(backend, model.config.model_type)
         kwargs.setdefault("release_model", True)  # the model was loaded here: nobody else holds it
         classifier = cls(model, feature_extractor, name=name, backend=backend, **kwargs)
         logger.info(

@@ -129,6 +129,9 @@ def test_resolve_backend(monkeypatch):
     monkeypatch.setenv(backends.BACKEND_ENV_VAR, "bf16")
     assert resolve_backend() == "bf16"
     assert resolve_backend("Torch") == "torch"  # explicit beats the environment
+    monkeypatch.delenv(backends.BACKEND_ENV_VAR)
+    assert resolve_backend(model_type="wav2vec2") == "bf16"  # per-architecture default
+    assert resolve_backend(model_type="emotion_cnn") == DEFAULT_BACKEND
     with pytest.raises(UnknownBackendError, match="onnx-int8"):
         resolve_backend("tensorrt")
 
