@@ -15,12 +15,8 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
-import socket
 import statistics
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -29,13 +25,11 @@ from pathlib import Path
 
 import requests
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 from benchmarks.common import percentile
+from ser.devserver import REPO_ROOT, running_app
 from ser.predictor import BUNDLED_MODEL_DIR
 
 logger = logging.getLogger("benchmarks.load_test")
-
-STARTUP_TIMEOUT_S = 300.0
 
 
 @dataclass
@@ -80,19 +74,6 @@ class LoadTestResult:
     uploads_left: int
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
 def scrape(url: str) -> dict[str, float]:
     from prometheus_client.parser import text_string_to_metric_families
 
@@ -104,27 +85,6 @@ def scrape(url: str) -> dict[str, float]:
     return values
 
 
-def start_server(model: str, upload_dir: Path, log_path: Path, app_args: list[str]) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    env = {key: value for key, value in os.environ.items() if not key.startswith("GRADIO_SERVER")}
-    env.update(GRADIO_ANALYTICS_ENABLED="False", HF_HUB_OFFLINE="1", GRADIO_TEMP_DIR=str(upload_dir))
-    command = [sys.executable, str(REPO_ROOT / "app.py"), "--model", model, "--host", "127.0.0.1", "--port", str(port), *app_args]
-    process = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=open(log_path, "wb"), stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + STARTUP_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise SystemExit(f"app.py exited with {process.returncode}; log: {log_path}")
-        try:
-            if requests.get(f"{url}/health", timeout=5).status_code == 200:
-                return process, url
-        except requests.ConnectionError:
-            pass
-        time.sleep(0.5)
-    process.kill()
-    raise SystemExit(f"app.py did not become healthy within {STARTUP_TIMEOUT_S:.0f} s; log: {log_path}")
-
-
 def run_load(args: LoadTestArguments, model: str) -> LoadTestResult:
     from gradio_client import Client, handle_file
 
@@ -133,10 +93,10 @@ def run_load(args: LoadTestArguments, model: str) -> LoadTestResult:
     # A copy under another name: a user upload, not one of the app's example clips (which are kept).
     clip = work_dir / f"load_test_clip{Path(args.clip).suffix}"
     shutil.copy(args.clip, clip)
-    process, url = start_server(model, upload_dir, log_path, args.app_args.split())
-    try:
+    with running_app(model, log_path, args.app_args.split(), {"GRADIO_TEMP_DIR": str(upload_dir)}) as server:
+        url = server.url
         Client(url, verbose=False).predict(handle_file(str(clip)), api_name="/predict")  # warm-up
-        rss_start = rss_mb(process.pid)
+        rss_start = server.rss_mb()[0]
         before = scrape(url)
         latencies: list[float] = []
         errors: list[str] = []
@@ -151,7 +111,7 @@ def run_load(args: LoadTestArguments, model: str) -> LoadTestResult:
 
         def watch_rss() -> None:
             while not finished.wait(0.5):
-                peak[0] = max(peak[0], rss_mb(process.pid))
+                peak[0] = max(peak[0], server.rss_mb()[0])
 
         def client_loop() -> None:
             nonlocal done
@@ -171,7 +131,7 @@ def run_load(args: LoadTestArguments, model: str) -> LoadTestResult:
                     if error is not None:
                         errors.append(error)
                     if done == planned // 2:
-                        half_rss.append(rss_mb(process.pid))
+                        half_rss.append(server.rss_mb()[0])
 
         watcher = threading.Thread(target=watch_rss, daemon=True)
         watcher.start()
@@ -182,16 +142,10 @@ def run_load(args: LoadTestArguments, model: str) -> LoadTestResult:
             thread.join()
         wall_s = time.monotonic() - started_at
         finished.set()
-        rss_end = rss_mb(process.pid)
+        rss_end = server.rss_mb()[0]
         after = scrape(url)
         example_names = {path.name for path in (REPO_ROOT / "examples").iterdir()}
         uploads_left = sum(1 for path in upload_dir.rglob("*") if path.is_file() and path.name not in example_names)
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
     answered = after.get("ser_requests_total[answered]", 0) - before.get("ser_requests_total[answered]", 0)
     handler_count = after["ser_request_latency_seconds_count"] - before["ser_request_latency_seconds_count"]
     handler_sum = after["ser_request_latency_seconds_sum"] - before["ser_request_latency_seconds_sum"]

@@ -14,19 +14,15 @@ tone, with the gate switched off. Requests go to 127.0.0.1 only, and the server 
 from __future__ import annotations
 
 import logging
-import os
-import socket
-import subprocess
-import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from benchmarks.common import DEFAULT_REAL_CLIPS_DIR, REPO_ROOT, percentile, random_wav2vec2_base, speech_like_clip, timed
+from benchmarks.common import DEFAULT_REAL_CLIPS_DIR, percentile, random_wav2vec2_base, speech_like_clip, timed
 from ser.backends import BACKEND_ENV_VAR, BACKENDS, resolve_backend
+from ser.devserver import running_app
 from ser.predictor import EmotionClassifier
 
 logger = logging.getLogger("benchmarks.server_roundtrip")
@@ -45,22 +41,6 @@ class RoundTripArguments:
     app_args: str = field(default="", metadata={"help": "Extra arguments for app.py, space-separated."})
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _rss_mb(pid: int) -> tuple[float, float]:
-    """(current, peak) RSS of a process, from /proc."""
-    values = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        key, _, rest = line.partition(":")
-        if key in ("VmRSS", "VmHWM"):
-            values[key] = int(rest.split()[0]) / 1024
-    return values.get("VmRSS", float("nan")), values.get("VmHWM", float("nan"))
-
-
 def _clip_path(scratch: Path) -> tuple[Path, bool]:
     """A ~3 s clip to send, and whether it is real speech."""
     real = sorted(DEFAULT_REAL_CLIPS_DIR.glob("Neutral/*.flac")) if DEFAULT_REAL_CLIPS_DIR.is_dir() else []
@@ -71,21 +51,6 @@ def _clip_path(scratch: Path) -> tuple[Path, bool]:
     path = scratch / "clip3s.wav"
     soundfile.write(str(path), speech_like_clip(3.0, seed=0), 16_000)
     return path, False
-
-
-def _wait_until_up(process: subprocess.Popen, url: str, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"app.py exited with code {process.returncode} before serving")
-        try:
-            with urllib.request.urlopen(url, timeout=5) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(1.0)
-    raise TimeoutError(f"app.py did not answer at {url} within {timeout_s:.0f} s")
 
 
 def _drive(url: str, clip: Path, clients: int, requests_per_client: int) -> tuple[list[float], list[str]]:
@@ -124,9 +89,6 @@ def main() -> None:
     (args,) = HfArgumentParser(RoundTripArguments).parse_args_into_dataclasses()
     model = args.model or str(random_wav2vec2_base())
     backend = resolve_backend(args.backend, AutoConfig.from_pretrained(model).model_type)
-    app_py = REPO_ROOT / "app.py"
-    if not app_py.is_file():
-        raise SystemExit(f"{app_py} does not exist yet: this benchmark drives it (--model, --port, api_name={API_NAME!r}).")
 
     with tempfile.TemporaryDirectory() as scratch:
         clip, is_speech = _clip_path(Path(scratch))
@@ -138,29 +100,16 @@ def main() -> None:
         in_process = [timed(lambda: classifier.classify_file(clip)) for _ in range(args.in_process_repeats)]
         del classifier
 
-        port = _free_port()
-        command = [sys.executable, str(app_py), "--model", model, "--port", str(port)]
-        if not is_speech:
-            command += ["--quality_gate", "false"]  # the VAD would (rightly) refuse a synthetic tone
-        command += args.app_args.split()
-        environment = dict(os.environ, **{BACKEND_ENV_VAR: backend, "GRADIO_ANALYTICS_ENABLED": "False"})
-        logger.info("Starting %s", " ".join(command))
-        process = subprocess.Popen(command, cwd=REPO_ROOT, env=environment)
-        try:
-            url = f"http://127.0.0.1:{port}/"
-            _wait_until_up(process, url, args.startup_timeout_s)
-            _drive(url, clip, 1, 2)  # warm-up: first request compiles routes, allocates arenas
+        app_args = [] if is_speech else ["--quality_gate", "false"]  # the VAD would (rightly) refuse a synthetic tone
+        app_args += args.app_args.split()
+        log_path = Path(scratch) / "app.log"
+        with running_app(model, log_path, app_args, {BACKEND_ENV_VAR: backend}, args.startup_timeout_s) as server:
+            _drive(server.url, clip, 1, 2)  # warm-up: first request compiles routes, allocates arenas
             results = {}
             for clients in (int(value) for value in args.clients.split(",")):
                 logger.info("%d concurrent client(s) x %d requests", clients, args.requests_per_client)
-                results[clients] = _drive(url, clip, clients, args.requests_per_client)
-            rss_now, rss_peak = _rss_mb(process.pid)
-        finally:
-            process.terminate()
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
+                results[clients] = _drive(server.url, clip, clients, args.requests_per_client)
+            rss_now, rss_peak = server.rss_mb()
 
     p50_in = 1000 * percentile(in_process, 0.5)
     print(f"\nModel: {model}   backend: {backend}   clip: {clip.name} ({'speech' if is_speech else 'synthetic, gate off'})")

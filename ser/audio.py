@@ -114,6 +114,19 @@ def _decode_with_ffmpeg(path: Path, target_sample_rate: int, max_duration_s: flo
     return np.frombuffer(result.stdout, dtype=np.float32).copy()
 
 
+def _sndfile_info(path: Path):
+    """libsndfile's header of ``path``, or ``None`` for formats it cannot read (webm, m4a...);
+    missing and 0-byte files are refused here, before any decoder sees them."""
+    if not path.is_file():
+        raise AudioDecodeError(f"No audio file at {path}.")
+    if path.stat().st_size == 0:
+        raise EmptyAudioError(f"{path.name} is an empty file (0 bytes). Accepted: {ACCEPTED_FORMATS}.")
+    try:
+        return soundfile.info(str(path))
+    except (soundfile.LibsndfileError, RuntimeError, TypeError):
+        return None
+
+
 def load_audio(
     path: str | Path,
     target_sample_rate: int = TARGET_SAMPLE_RATE,
@@ -125,14 +138,7 @@ def load_audio(
     empty, non-finite or (with ``max_duration_s``) too-long audio.
     """
     path = Path(path)
-    if not path.is_file():
-        raise AudioDecodeError(f"No audio file at {path}.")
-    if path.stat().st_size == 0:
-        raise EmptyAudioError(f"{path.name} is an empty file (0 bytes). Accepted: {ACCEPTED_FORMATS}.")
-    try:
-        info = soundfile.info(str(path))
-    except (soundfile.LibsndfileError, RuntimeError, TypeError):
-        info = None
+    info = _sndfile_info(path)
     if info is None or info.frames <= 0:
         # Not a format libsndfile knows (webm, m4a...), or one whose length it cannot tell (some mp3).
         waveform = _decode_with_ffmpeg(path, target_sample_rate, max_duration_s)
@@ -196,14 +202,7 @@ def iter_audio_blocks(
     block edges. Same typed errors as :func:`load_audio`; an empty file yields nothing.
     """
     path = Path(path)
-    if not path.is_file():
-        raise AudioDecodeError(f"No audio file at {path}.")
-    if path.stat().st_size == 0:
-        raise EmptyAudioError(f"{path.name} is an empty file (0 bytes). Accepted: {ACCEPTED_FORMATS}.")
-    try:
-        info = soundfile.info(str(path))
-    except (soundfile.LibsndfileError, RuntimeError, TypeError):
-        info = None
+    info = _sndfile_info(path)
     block_samples = max(1, int(block_s * target_sample_rate))
     if info is None or info.frames <= 0:
         for block in _ffmpeg_blocks(path, target_sample_rate, block_samples):
