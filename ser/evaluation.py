@@ -517,7 +517,8 @@ def _robustness_report(metrics: Mapping) -> list[str]:
                 [
                     [f"{row['threshold']:.2f}" + (" (default)" if default is not None and abs(row["threshold"] - default) < 1e-9 else ""),
                      _percent(row["coverage"]), _percent(row["accuracy"]), row["n_kept"]]
-                    for row in coverage if round(row["threshold"] * 100) % 10 == 0
+                    for row in coverage
+                    if round(row["threshold"] * 100) % 10 == 0 or (default is not None and abs(row["threshold"] - default) < 1e-9)
                 ],
             ),
             "", f"Every 0.05 step: `{COVERAGE_CSV_FILE}`, `{COVERAGE_PNG_FILE}`.",

@@ -17,6 +17,7 @@ from .audio import AudioError, load_audio
 from .augment import AugmentConfig, augment_waveform
 from .corpus import Clip
 from .metrics import classification_metrics
+from .models.emotion_cnn import member_cross_entropy
 
 logger = logging.getLogger(__name__)
 
@@ -173,7 +174,13 @@ class SerTrainer(Trainer):
         labels = inputs.pop("labels")
         outputs = model(**inputs)
         logits = outputs["logits"] if isinstance(outputs, dict) else outputs[0]
-        loss = torch.nn.functional.cross_entropy(logits.float(), labels, weight=self.class_weights.to(logits.device))
+        weight = self.class_weights.to(logits.device)
+        member_logits = outputs.get("member_logits") if isinstance(outputs, dict) else None
+        if member_logits is not None:
+            # An ensemble in one model (EmotionCnn's ensemble_size): every member gets its own loss.
+            loss = member_cross_entropy(member_logits, labels, weight=weight)
+        else:
+            loss = torch.nn.functional.cross_entropy(logits.float(), labels, weight=weight)
         return (loss, outputs) if return_outputs else loss
 
     def _get_train_sampler(self, train_dataset=None):

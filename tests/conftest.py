@@ -143,9 +143,11 @@ def espeak_speech(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_tdnn_dir(tmp_path_factory) -> Path:
-    """The bundled model's architecture (``emotion-tdnn-small``: TDNN + utterance spectrum), narrowed."""
+    """The bundled model's architecture (``emotion-tdnn-ensemble``: TDNN + utterance spectrum, an
+    ensemble in one checkpoint), narrowed."""
     from ser.models.presets import config_from_spec
 
-    config = config_from_spec("emotion-tdnn-small")
+    config = config_from_spec("emotion-tdnn-ensemble")
     config.channels = [16, 16]
+    config.ensemble_size = 2
     return _save_tiny(config, tmp_path_factory.mktemp("tiny_tdnn"))

@@ -68,3 +68,15 @@ def test_model_card_is_generated_from_the_metrics_files():
     assert card == render_model_card(), "model_card.md is stale: run python -m scripts.make_model_card"
     for name in ("ravdess-actors-21-24", "emovo"):
         assert f"value: {_bundled_metrics(name)['accuracy']:.4f}" in card
+
+
+def test_default_confidence_threshold_follows_the_bundled_models_coverage_curve():
+    """The rule in ser.quality: the highest threshold at which the bundled model still answers at
+    least half of the in-domain test clips."""
+    import csv
+
+    from ser.quality import DEFAULT_CONFIDENCE_THRESHOLD, MIN_ANSWERED_FRACTION
+
+    rows = list(csv.DictReader((BUNDLED_MODEL_DIR / "eval" / "ravdess-actors-21-24" / "coverage.csv").open()))
+    chosen = max(float(row["threshold"]) for row in rows if float(row["coverage"]) >= MIN_ANSWERED_FRACTION)
+    assert DEFAULT_CONFIDENCE_THRESHOLD == pytest.approx(chosen)

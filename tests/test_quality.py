@@ -10,6 +10,7 @@ import pytest
 
 from ser.audio import AudioError, load_audio
 from ser.quality import (
+    DEFAULT_CONFIDENCE_THRESHOLD,
     Answer,
     ProblemCode,
     QualityConfig,
@@ -294,7 +295,7 @@ def test_app_cli_exposes_gate_and_threshold(monkeypatch, capsys):
     for flag in ("--quality_gate", "--min_speech_s", "--confidence_threshold"):
         assert flag in help_text
     defaults = app.AppArguments()
-    assert (defaults.quality_gate, defaults.min_speech_s, defaults.confidence_threshold) == (True, 0.5, 0.5)
+    assert (defaults.quality_gate, defaults.min_speech_s, defaults.confidence_threshold) == (True, 0.5, DEFAULT_CONFIDENCE_THRESHOLD)
 
 
 # -- evaluation: what the gate would refuse, accuracy vs coverage, noise ----------------------------
@@ -332,13 +333,13 @@ def test_evaluation_reports_gate_coverage_and_noise(mixed_corpus, tiny_cnn_dir, 
     assert float(rows[0]["accuracy"]) == pytest.approx(metrics["accuracy"])
     assert [float(row["coverage"]) for row in rows] == sorted((float(row["coverage"]) for row in rows), reverse=True)
     assert (output_dir / "coverage.png").read_bytes()[:4] == b"\x89PNG"
-    assert metrics["coverage"][10]["threshold"] == 0.5 and metrics["confidence_threshold"] == 0.5
+    assert metrics["coverage"][10]["threshold"] == 0.5 and metrics["confidence_threshold"] == DEFAULT_CONFIDENCE_THRESHOLD
 
     noise = metrics["noise_robustness"]
     assert [row["snr_db"] for row in noise["rows"]] == [None, 20.0, 0.0]
     assert noise["rows"][0]["accuracy"] == metrics["accuracy"] and all(row["n"] == 5 for row in noise["rows"])
     report = (output_dir / "report.md").read_text()
-    for heading in ("### Quality gate", "| 5 | 3 | no_speech: 2, silent: 1 |", "### Accuracy vs coverage", "0.50 (default)", "### Noise robustness", "| clean |", "| 20 |"):
+    for heading in ("### Quality gate", "| 5 | 3 | no_speech: 2, silent: 1 |", "### Accuracy vs coverage", f"{DEFAULT_CONFIDENCE_THRESHOLD:.2f} (default)", "### Noise robustness", "| clean |", "| 20 |"):
         assert heading in report, heading
     on_disk = json.loads((output_dir / "metrics.json").read_text())
     assert on_disk["quality_gate"]["by_reason"] == gate["by_reason"] and len(on_disk["coverage"]) == 21

@@ -15,7 +15,7 @@ import soundfile
 
 from ser.audio import EmptyAudioError, iter_audio_blocks, load_audio, prepare_waveform
 from ser.predictor import EmotionClassifier
-from ser.quality import QualityConfig, UnusableAudioError
+from ser.quality import DEFAULT_CONFIDENCE_THRESHOLD, QualityConfig, UnusableAudioError
 from ser.timeline import (
     TABLE_HEADERS,
     TimelineConfig,
@@ -279,7 +279,7 @@ def test_streaming_reader_matches_the_whole_file_loader(sentence, tmp_path):
 # -- the live app: /timeline and the gated /predict over HTTP --------------------------------------
 @pytest.fixture(scope="module")
 def gated_server(tiny_cnn_dir, tmp_path_factory):
-    """``python app.py`` with its defaults: quality gate on, confidence threshold 0.5."""
+    """``python app.py`` with its defaults: quality gate on, the default confidence threshold."""
     if not shutil.which("ffmpeg"):
         pytest.skip("ffmpeg is not installed")
     from live_server import running_app
@@ -302,12 +302,12 @@ def test_live_timeline_and_predict_api_shapes(gated_server, two_sentences, tmp_p
         assert record["start_s"] == pytest.approx(start_s, abs=EDGE_TOLERANCE_S)
         assert record["end_s"] == pytest.approx(end_s, abs=EDGE_TOLERANCE_S)
         assert list(record["probabilities"]) == classifier.labels
-        assert record["uncertain"] == (record["confidence"] < 0.5)
+        assert record["uncertain"] == (record["confidence"] < DEFAULT_CONFIDENCE_THRESHOLD)
 
     label_value, info, answer = client.predict(handle_file(str(path)), api_name="/predict")
     assert list(answer) == ["label", "confidence", "uncertain", "confidence_threshold", "probabilities", "quality"]
-    assert answer["confidence_threshold"] == 0.5
-    assert answer["uncertain"] == (answer["confidence"] < 0.5)
+    assert answer["confidence_threshold"] == DEFAULT_CONFIDENCE_THRESHOLD
+    assert answer["uncertain"] == (answer["confidence"] < DEFAULT_CONFIDENCE_THRESHOLD)
     assert label_value["label"] == ("uncertain" if answer["uncertain"] else answer["label"])
     assert {item["label"] for item in label_value["confidences"]} == set(classifier.labels)
     assert answer["quality"]["ok"] is True and len(answer["quality"]["speech_segments"]) == 2

@@ -10,6 +10,7 @@ as one graph and there is no second feature pipeline to keep in sync.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import librosa
 import numpy as np
@@ -21,6 +22,8 @@ from transformers.modeling_outputs import SequenceClassifierOutput
 
 class EmotionCnnConfig(PretrainedConfig):
     model_type = "emotion_cnn"
+    # Trainer's evaluation keeps only the ensemble's logits.
+    keys_to_ignore_at_inference = ["member_logits"]
 
     def __init__(
         self,
@@ -40,6 +43,7 @@ class EmotionCnnConfig(PretrainedConfig):
         spec_augment_freq_width: int = 8,
         spec_augment_freq_warp: float = 0.0,
         append_utterance_spectrum: bool = False,
+        ensemble_size: int = 1,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -63,6 +67,9 @@ class EmotionCnnConfig(PretrainedConfig):
         self.spec_augment_freq_width = spec_augment_freq_width
         self.spec_augment_freq_warp = spec_augment_freq_warp
         self.append_utterance_spectrum = append_utterance_spectrum
+        if ensemble_size < 1:
+            raise ValueError(f"ensemble_size must be >= 1, got {ensemble_size}")
+        self.ensemble_size = ensemble_size
 
 
 class LogMelFrontend(nn.Module):
@@ -131,14 +138,19 @@ class TdnnBlock(nn.Module):
         return output + hidden if self.residual else output
 
 
-class EmotionCnnForAudioClassification(PreTrainedModel):
-    config_class = EmotionCnnConfig
-    base_model_prefix = "emotion_cnn"
-    main_input_name = "input_values"
+@dataclass
+class EmotionCnnOutput(SequenceClassifierOutput):
+    """``logits`` are the ensemble's (log of the members' mean probability); ``member_logits`` is
+    ``(batch, members, labels)``, so a trainer can give every member its own loss."""
+
+    member_logits: torch.Tensor | None = None
+
+
+class EmotionCnnMember(nn.Module):
+    """One classifier over normalised log-mel: encoder, attentive statistics pooling, linear head."""
 
     def __init__(self, config: EmotionCnnConfig):
-        super().__init__(config)
-        self.frontend = LogMelFrontend(config)
+        super().__init__()
         blocks = []
         if config.encoder_type == "cnn2d":
             in_channels = 1
@@ -151,11 +163,49 @@ class EmotionCnnForAudioClassification(PreTrainedModel):
                 kernel_size, dilation = (5, 1) if index == 0 else (3, index + 1)
                 blocks.append(TdnnBlock(in_channels, out_channels, kernel_size, dilation))
                 in_channels = out_channels
+        self.encoder_type = config.encoder_type
+        self.append_utterance_spectrum = config.append_utterance_spectrum
         self.encoder = nn.Sequential(*blocks)
         self.attention = nn.Conv1d(in_channels, 1, kernel_size=1)
         self.dropout = nn.Dropout(config.dropout)
         spectrum_features = config.num_mel_bins if config.append_utterance_spectrum else 0
         self.classifier = nn.Linear(2 * in_channels + spectrum_features, config.num_labels)
+
+    def forward(self, features: torch.Tensor, frame_mask: torch.Tensor, utterance_spectrum: torch.Tensor | None) -> torch.Tensor:
+        if self.encoder_type == "cnn2d":
+            hidden = self.encoder(features.unsqueeze(1))  # (batch, channels, mels', frames')
+            hidden = hidden.mean(dim=2)  # pool frequency -> (batch, channels, frames')
+        else:
+            hidden = self.encoder(features)  # (batch, channels, frames)
+        pooled_frames = hidden.shape[-1]
+        # = adaptive_max_pool1d(frame_mask, pooled_frames), written so it exports to ONNX with a dynamic
+        # time axis: bin i starts at floor(i * frames / pooled_frames) and the mask is a prefix, so the
+        # bin holds a valid frame iff it starts before the number of valid frames.
+        starts = torch.div(
+            torch.arange(pooled_frames, device=hidden.device) * frame_mask.shape[-1], pooled_frames, rounding_mode="floor"
+        )
+        pooled_mask = (starts[None, :] < frame_mask.sum(dim=-1)).to(frame_mask.dtype).unsqueeze(1)  # (batch, 1, frames')
+        scores = self.attention(hidden).masked_fill(pooled_mask == 0, -1e4)
+        weights = torch.softmax(scores, dim=-1)
+        mean = (hidden * weights).sum(dim=-1)
+        std = torch.sqrt(((hidden - mean.unsqueeze(-1)).square() * weights).sum(dim=-1) + 1e-5)
+        pooled = [mean, std]
+        if self.append_utterance_spectrum:
+            pooled.append(utterance_spectrum)
+        return self.classifier(self.dropout(torch.cat(pooled, dim=-1)))
+
+
+class EmotionCnnForAudioClassification(PreTrainedModel):
+    config_class = EmotionCnnConfig
+    base_model_prefix = "emotion_cnn"
+    main_input_name = "input_values"
+
+    def __init__(self, config: EmotionCnnConfig):
+        super().__init__(config)
+        self.frontend = LogMelFrontend(config)
+        # Members share the frontend and differ by initialisation (and their own SpecAugment masks):
+        # averaging their probabilities is a deep ensemble in one checkpoint and one ONNX graph.
+        self.members = nn.ModuleList(EmotionCnnMember(config) for _ in range(config.ensemble_size))
         self.post_init()
 
     def _init_weights(self, module: nn.Module) -> None:
@@ -197,45 +247,33 @@ class EmotionCnnForAudioClassification(PreTrainedModel):
         return masked
 
 
-    def classify_features(self, features: torch.Tensor, frame_mask: torch.Tensor) -> torch.Tensor:
-        """Log-mel ``(batch, mels, frames)`` and frame mask ``(batch, 1, frames)`` -> logits."""
+    def classify_features(self, features: torch.Tensor, frame_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Log-mel ``(batch, mels, frames)`` and frame mask ``(batch, 1, frames)`` -> (logits, member logits)."""
         if self.config.append_utterance_spectrum and self.config.feature_normalization == "none":
             raise ValueError("append_utterance_spectrum needs feature_normalization 'utterance' or 'utterance_mean'.")
+        utterance_spectrum = None
         if self.config.feature_normalization != "none":
             # Per-utterance normalisation removes the channel and much of the speaker's timbre:
             # what is left is how this voice moves, which is what transfers across corpora.
             mean, std = _masked_mean_std(features, frame_mask, dim=2)
             features = features - mean
+            # Mean normalisation removes the utterance's average spectrum, which carries arousal
+            # (spectral tilt); it goes back in beside the pooled dynamics, centred per clip.
             utterance_spectrum = mean.squeeze(-1)
+            utterance_spectrum = utterance_spectrum - utterance_spectrum.mean(dim=-1, keepdim=True)
             if self.config.feature_normalization == "utterance":
                 features = features / std
         features = features * frame_mask
-        if self.training:
-            features = self._spec_augment(features)
-
-        if self.config.encoder_type == "cnn2d":
-            hidden = self.encoder(features.unsqueeze(1))  # (batch, channels, mels', frames')
-            hidden = hidden.mean(dim=2)  # pool frequency -> (batch, channels, frames')
-        else:
-            hidden = self.encoder(features)  # (batch, channels, frames)
-        pooled_frames = hidden.shape[-1]
-        # = adaptive_max_pool1d(frame_mask, pooled_frames), written so it exports to ONNX with a dynamic
-        # time axis: bin i starts at floor(i * frames / pooled_frames) and the mask is a prefix, so the
-        # bin holds a valid frame iff it starts before the number of valid frames.
-        starts = torch.div(
-            torch.arange(pooled_frames, device=hidden.device) * frame_mask.shape[-1], pooled_frames, rounding_mode="floor"
-        )
-        pooled_mask = (starts[None, :] < frame_mask.sum(dim=-1)).to(frame_mask.dtype).unsqueeze(1)  # (batch, 1, frames')
-        scores = self.attention(hidden).masked_fill(pooled_mask == 0, -1e4)
-        weights = torch.softmax(scores, dim=-1)
-        mean = (hidden * weights).sum(dim=-1)
-        std = torch.sqrt(((hidden - mean.unsqueeze(-1)).square() * weights).sum(dim=-1) + 1e-5)
-        pooled = [mean, std]
-        if self.config.append_utterance_spectrum:
-            # Mean normalisation removes the utterance's average spectrum, which carries arousal
-            # (spectral tilt); it goes back in here, beside the pooled dynamics, centred per clip.
-            pooled.append(utterance_spectrum - utterance_spectrum.mean(dim=-1, keepdim=True))
-        return self.classifier(self.dropout(torch.cat(pooled, dim=-1)))
+        member_logits = []
+        for member in self.members:
+            member_features = self._spec_augment(features) if self.training else features
+            member_logits.append(member(member_features, frame_mask, utterance_spectrum))
+        stacked = torch.stack(member_logits, dim=1)  # (batch, members, labels)
+        if len(self.members) == 1:
+            return stacked[:, 0], stacked
+        # Mean of the members' probabilities, returned as log-probabilities so softmax gives it back.
+        logits = torch.logsumexp(torch.log_softmax(stacked, dim=-1), dim=1) - math.log(len(self.members))
+        return logits, stacked
 
     def forward(
         self,
@@ -243,7 +281,7 @@ class EmotionCnnForAudioClassification(PreTrainedModel):
         attention_mask: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
         **kwargs,
-    ) -> SequenceClassifierOutput:
+    ) -> EmotionCnnOutput:
         features = self.frontend(input_values)  # (batch, mels, frames)
         if attention_mask is None:
             lengths = torch.full((input_values.shape[0],), input_values.shape[-1], device=input_values.device)
@@ -252,8 +290,17 @@ class EmotionCnnForAudioClassification(PreTrainedModel):
         frames = torch.arange(features.shape[-1], device=features.device)
         frame_mask = (frames[None, :] < self.frontend.num_frames(lengths)[:, None]).to(features.dtype).unsqueeze(1)
 
-        logits = self.classify_features(features, frame_mask)
+        logits, member_logits = self.classify_features(features, frame_mask)
         loss = None
         if labels is not None:
-            loss = nn.functional.cross_entropy(logits, labels)
-        return SequenceClassifierOutput(loss=loss, logits=logits)
+            loss = member_cross_entropy(member_logits, labels)
+        return EmotionCnnOutput(loss=loss, logits=logits, member_logits=member_logits)
+
+
+def member_cross_entropy(member_logits: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean over members of each member's own cross-entropy: members train independently (a deep
+    ensemble), rather than as one averaged model whose members would co-adapt."""
+    members = member_logits.shape[1]
+    return nn.functional.cross_entropy(
+        member_logits.reshape(-1, member_logits.shape[-1]).float(), labels.repeat_interleave(members), weight=weight
+    )
