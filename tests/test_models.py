@@ -39,12 +39,17 @@ def _batch() -> tuple[torch.Tensor, torch.Tensor]:
     return values, mask
 
 
-def test_ensemble_probability_is_the_mean_of_its_members():
+def _eval_output(ensemble_size: int):
+    """A freshly initialised model (seed 0) in eval mode, run on the test batch."""
     torch.manual_seed(0)
-    model = EmotionCnnForAudioClassification(_config(3)).eval()
+    model = EmotionCnnForAudioClassification(_config(ensemble_size)).eval()
     values, mask = _batch()
     with torch.no_grad():
-        output = model(input_values=values, attention_mask=mask)
+        return model(input_values=values, attention_mask=mask)
+
+
+def test_ensemble_probability_is_the_mean_of_its_members():
+    output = _eval_output(3)
     assert output.member_logits.shape == (3, 3, len(LABELS))
     expected = torch.softmax(output.member_logits, dim=-1).mean(dim=1)
     torch.testing.assert_close(torch.softmax(output.logits, dim=-1), expected, atol=1e-6, rtol=0)
@@ -66,11 +71,7 @@ def test_ensemble_of_copies_answers_like_the_single_model():
 
 
 def test_single_member_logits_are_the_members_own():
-    torch.manual_seed(0)
-    model = EmotionCnnForAudioClassification(_config(1)).eval()
-    values, mask = _batch()
-    with torch.no_grad():
-        output = model(input_values=values, attention_mask=mask)
+    output = _eval_output(1)
     assert torch.equal(output.logits, output.member_logits[:, 0])
 
 
