@@ -57,7 +57,11 @@ def count_parameters(model_dir: Path) -> int:
 def describe_architecture(model_config: Mapping) -> str:
     """One phrase from config.json, e.g. "an ensemble of 5 tdnn encoders over ..."."""
     window_ms = 1000 * model_config["n_fft"] / model_config["sampling_rate"]
-    features = f"per-utterance mean-normalised log-mel ({model_config['num_mel_bins']} bins, {window_ms:.0f} ms window)"
+    normalisation = {"utterance": "per-utterance mean/variance-normalised ", "utterance_mean": "per-utterance mean-normalised "}
+    features = (
+        f"{normalisation.get(model_config['feature_normalization'], '')}log-mel "
+        f"({model_config['num_mel_bins']} bins, {window_ms:.0f} ms window)"
+    )
     if model_config.get("append_utterance_spectrum"):
         features += " plus the utterance's average spectrum"
     members = model_config.get("ensemble_size", 1)

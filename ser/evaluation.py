@@ -510,15 +510,20 @@ def _robustness_report(metrics: Mapping) -> list[str]:
     coverage = metrics.get("coverage")
     if coverage:
         default = metrics.get("confidence_threshold")
+
+        def is_default(row: dict) -> bool:
+            return default is not None and abs(row["threshold"] - default) < 1e-9
+
         lines += [
             "", "### Accuracy vs coverage (open; answered = top probability >= threshold)", "",
             *_table(
                 ["Threshold", "Coverage", "Accuracy of answered", "Answered"],
                 [
-                    [f"{row['threshold']:.2f}" + (" (default)" if default is not None and abs(row["threshold"] - default) < 1e-9 else ""),
+                    [f"{row['threshold']:.2f}" + (" (default)" if is_default(row) else ""),
                      _percent(row["coverage"]), _percent(row["accuracy"]), row["n_kept"]]
+                    # Every 0.1 step, and the default threshold's row wherever it falls.
                     for row in coverage
-                    if round(row["threshold"] * 100) % 10 == 0 or (default is not None and abs(row["threshold"] - default) < 1e-9)
+                    if round(row["threshold"] * 100) % 10 == 0 or is_default(row)
                 ],
             ),
             "", f"Every 0.05 step: `{COVERAGE_CSV_FILE}`, `{COVERAGE_PNG_FILE}`.",

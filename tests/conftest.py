@@ -151,3 +151,13 @@ def tiny_tdnn_dir(tmp_path_factory) -> Path:
     config.channels = [16, 16]
     config.ensemble_size = 2
     return _save_tiny(config, tmp_path_factory.mktemp("tiny_tdnn"))
+
+
+@pytest.fixture(scope="module")
+def ungated_server_url(tiny_cnn_dir, tmp_path_factory):
+    """``python app.py`` on the tiny CNN with the quality gate off and threshold 0 (every clip gets a
+    label), one server per test module."""
+    from live_server import UNGATED_ARGS, running_app
+
+    with running_app(tiny_cnn_dir, tmp_path_factory.mktemp("server") / "app.log", UNGATED_ARGS) as url:
+        yield url

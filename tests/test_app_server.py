@@ -14,21 +14,14 @@ from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 
 from conftest import synth_clip
-from live_server import UNGATED_ARGS, running_app
 from ser.predictor import EmotionClassifier
 
 pytestmark = pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="ffmpeg is not installed")
 
 
 @pytest.fixture(scope="module")
-def server_url(tiny_cnn_dir, tmp_path_factory):
-    with running_app(tiny_cnn_dir, tmp_path_factory.mktemp("server") / "app.log", UNGATED_ARGS) as url:
-        yield url
-
-
-@pytest.fixture(scope="module")
-def client(server_url) -> Client:
-    return Client(server_url, verbose=False)
+def client(ungated_server_url) -> Client:
+    return Client(ungated_server_url, verbose=False)
 
 
 @pytest.fixture(scope="module")
@@ -100,11 +93,11 @@ def upload(server_url: str, path: Path) -> str:
     return server_path
 
 
-def test_rest_flow_from_the_readme(server_url, reference, clips):
-    server_path = upload(server_url, clips["mp3"])
+def test_rest_flow_from_the_readme(ungated_server_url, reference, clips):
+    server_path = upload(ungated_server_url, clips["mp3"])
     assert server_path.endswith("clip.mp3")
 
-    event, data = call_predict(server_url, [{"path": server_path, "meta": {"_type": "gradio.FileData"}}])
+    event, data = call_predict(ungated_server_url, [{"path": server_path, "meta": {"_type": "gradio.FileData"}}])
 
     assert event == "complete"
     label_value, info, _ = data
@@ -112,16 +105,16 @@ def test_rest_flow_from_the_readme(server_url, reference, clips):
     assert info.startswith("Clip length **2.0")
 
 
-def test_rest_error_then_success(server_url, reference, clips):
-    broken = upload(server_url, clips["broken"])
-    event, data = call_predict(server_url, [{"path": broken, "meta": {"_type": "gradio.FileData"}}])
+def test_rest_error_then_success(ungated_server_url, reference, clips):
+    broken = upload(ungated_server_url, clips["broken"])
+    event, data = call_predict(ungated_server_url, [{"path": broken, "meta": {"_type": "gradio.FileData"}}])
     assert event == "error"
     assert data["error"].startswith("Cannot decode broken.wav as audio")
     # The user sees the file name, never the server's upload folder.
     assert "/tmp" not in data["error"] and "gradio" not in data["error"]
 
-    good = upload(server_url, clips["webm"])
-    event, data = call_predict(server_url, [{"path": good, "meta": {"_type": "gradio.FileData"}}])
+    good = upload(ungated_server_url, clips["webm"])
+    event, data = call_predict(ungated_server_url, [{"path": good, "meta": {"_type": "gradio.FileData"}}])
     assert event == "complete"
     check_label_value(data[0], reference.classify_file(clips["webm"]).probabilities)
 

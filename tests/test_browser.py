@@ -15,7 +15,6 @@ import pytest
 import soundfile
 
 from conftest import REPO_ROOT, synth_clip
-from live_server import UNGATED_ARGS, running_app
 from ser.predictor import EmotionClassifier
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -37,12 +36,6 @@ pytestmark = [
     pytest.mark.skipif(not CHROMIUM.is_file(), reason=f"{CHROMIUM} is missing (apt-get install chromium)"),
     pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="ffmpeg is not installed"),
 ]
-
-
-@pytest.fixture(scope="module")
-def server_url(tiny_cnn_dir, tmp_path_factory):
-    with running_app(tiny_cnn_dir, tmp_path_factory.mktemp("browser_server") / "app.log", UNGATED_ARGS) as url:
-        yield url
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +74,7 @@ def screenshot(page, name: str) -> Path:
     return path
 
 
-def test_upload_submit_shows_every_class(playwright, server_url, reference, tmp_path):
+def test_upload_submit_shows_every_class(playwright, ungated_server_url, reference, tmp_path):
     clip = tmp_path / "upload_me.wav"
     soundfile.write(str(clip), synth_clip(1, seed=3, duration_s=2.0, sample_rate=22_050), 22_050)
     expected = reference.classify_file(clip).probabilities
@@ -89,7 +82,7 @@ def test_upload_submit_shows_every_class(playwright, server_url, reference, tmp_
     browser = launch(playwright)
     try:
         page = browser.new_page(viewport={"width": 1280, "height": 900})
-        page.goto(server_url, wait_until="networkidle")
+        page.goto(ungated_server_url, wait_until="networkidle")
         page.get_by_role("button", name="Upload file").click()
         page.locator("input[type=file]").set_input_files(str(clip))
         page.get_by_role("button", name="Submit", exact=True).click()
@@ -104,14 +97,14 @@ def test_upload_submit_shows_every_class(playwright, server_url, reference, tmp_
     assert info.startswith("Clip length 2.00 s")
 
 
-def test_clicking_an_example_runs_it(playwright, server_url, reference):
+def test_clicking_an_example_runs_it(playwright, ungated_server_url, reference):
     example = REPO_ROOT / "examples" / "plain_voice.flac"
     expected = reference.classify_file(example).probabilities
 
     browser = launch(playwright)
     try:
         page = browser.new_page(viewport={"width": 1280, "height": 900})
-        page.goto(server_url, wait_until="networkidle")
+        page.goto(ungated_server_url, wait_until="networkidle")
         page.get_by_role("button", name=example.name).click()
         top, bars, _ = wait_for_result(page)
     finally:
@@ -121,7 +114,7 @@ def test_clicking_an_example_runs_it(playwright, server_url, reference):
     assert top == max(expected, key=expected.get)
 
 
-def test_fake_microphone_recording_gets_a_prediction(playwright, server_url, reference):
+def test_fake_microphone_recording_gets_a_prediction(playwright, ungated_server_url, reference):
     speech = REPO_ROOT / "examples" / "loud_voice.wav"  # 16-bit PCM wav, as Chromium's fake capture needs
     browser = launch(
         playwright,
@@ -129,7 +122,7 @@ def test_fake_microphone_recording_gets_a_prediction(playwright, server_url, ref
     )
     try:
         page = browser.new_page(viewport={"width": 1280, "height": 900})
-        page.goto(server_url, wait_until="networkidle")
+        page.goto(ungated_server_url, wait_until="networkidle")
         # The microphone is the first source, so the recorder is what the page opens with.
         page.get_by_role("button", name="Record", exact=True).click()
         page.locator("button.stop-button").wait_for(timeout=UI_TIMEOUT_MS)
