@@ -28,7 +28,7 @@ from ser.audio import AudioError
 from ser.augment import AugmentConfig
 from ser.corpus import Clip, CorpusError, scan_corpus
 from ser.labels import CANONICAL_LABELS, DEFAULT_EXCLUDED_LABELS, label_maps, parse_label_map
-from ser.splits import Split, SplitError, make_split, parse_speaker_list
+from ser.splits import Split, SplitError, drop_speakers, make_split, parse_speaker_list
 
 logger = logging.getLogger("train")
 
@@ -80,6 +80,10 @@ class DataArguments:
         metadata={"help": "Comma-separated speakers for the test split, e.g. '21,22,23,24' or 'ravdess:21,crema-d:1001' (overrides --test_fraction)."},
     )
     eval_speakers: str | None = field(default=None, metadata={"help": "Comma-separated speakers for the eval split (overrides --eval_fraction)."})
+    exclude_speakers: str | None = field(
+        default=None,
+        metadata={"help": "Comma-separated speakers left out of every split, e.g. the final test actors during cross-validation (see scripts/cross_validate.py)."},
+    )
     allow_random_fallback: bool = field(
         default=False,
         metadata={"help": "With --split speaker, split clips whose file name names no speaker at random instead of stopping with an error."},
@@ -129,6 +133,10 @@ class ModelArguments:
     from_scratch: str | None = field(
         default=None,
         metadata={"help": "Train a randomly initialised model instead: a preset (emotion-cnn-small, wav2vec2-tiny) or a config.json path. Overrides --model_name_or_path."},
+    )
+    config_overrides: str | None = field(
+        default=None,
+        metadata={"help": "With --from_scratch: override config attributes, e.g. 'ensemble_size=1,dropout=0.2' (values parsed as JSON, else kept as strings)."},
     )
     freeze_feature_encoder: bool = field(
         default=True,
@@ -240,8 +248,15 @@ def load_corpus_split(data_args: DataArguments, seed: int) -> tuple[list[str], S
     if len(labels) < 2:
         raise TrainSetupError(f"Only {labels} left after --exclude_labels {excluded}; a classifier needs at least two classes.")
     logger.info("Found %d clips in %s: %s (excluded: %s)", len(corpus.clips), corpus.root, corpus.label_counts(), corpus.excluded_counts or "none")
+    clips = corpus.clips
+    if excluded_speakers := parse_speaker_list(data_args.exclude_speakers):
+        try:
+            clips = drop_speakers(clips, excluded_speakers, flag="--exclude_speakers")
+        except SplitError as error:
+            raise TrainSetupError(str(error)) from error
+        logger.info("--exclude_speakers %s: %d clips left out", data_args.exclude_speakers, len(corpus.clips) - len(clips))
     split = make_split(
-        corpus.clips,
+        clips,
         strategy=data_args.split,
         eval_fraction=data_args.eval_fraction,
         test_fraction=data_args.test_fraction,
@@ -264,15 +279,22 @@ def _subset(clips: list[Clip], limit: int | None, seed: int) -> list[Clip]:
 def build_model(model_args: ModelArguments, labels: list[str]):
     from transformers import AutoConfig, AutoFeatureExtractor, AutoModelForAudioClassification
 
-    from ser.models.presets import config_from_spec, feature_extractor_for
+    from ser.models.presets import apply_config_overrides, config_from_spec, feature_extractor_for
 
     id2label, label2id = label_maps(labels)
+    if model_args.config_overrides and not model_args.from_scratch:
+        raise TrainSetupError("--config_overrides only applies with --from_scratch (a pretrained checkpoint keeps its own config).")
     if model_args.from_scratch:
         try:
             config = config_from_spec(model_args.from_scratch)
         except ValueError as error:
             raise TrainSetupError(f"--from_scratch: {error}") from error
         config.id2label, config.label2id = id2label, label2id
+        if model_args.config_overrides:
+            try:
+                apply_config_overrides(config, model_args.config_overrides)
+            except ValueError as error:
+                raise TrainSetupError(f"--config_overrides: {error}") from error
         if hasattr(config, "use_weighted_layer_sum"):
             config.use_weighted_layer_sum = model_args.use_weighted_layer_sum
         model = AutoModelForAudioClassification.from_config(config)

@@ -10,7 +10,8 @@ MODEL=models/ser-ravdess
 python train.py configs/bundled_model.json --data_dir "$DATA/ravdess" --output_dir "$RUN"
 
 # Ship only what serving and the card need (no checkpoints, no optimizer state).
-rm -rf "$MODEL" && mkdir -p "$MODEL"
+# cv/ (scripts/cross_validate_recipes.sh: how the recipe was chosen) is kept.
+mkdir -p "$MODEL" && find "$MODEL" -mindepth 1 -maxdepth 1 ! -name cv -exec rm -rf {} +
 cp "$RUN"/{config.json,model.safetensors,preprocessor_config.json,metrics.json,split.json,train_config.json} "$MODEL"/
 
 EVAL="python evaluate_crosslingual.py --model $MODEL --backend torch --snr_db 20,10,5,0"

@@ -104,6 +104,12 @@ def resolve_speakers(entries: Iterable[str], groups: Iterable[Group], flag: str)
     return resolved
 
 
+def drop_speakers(clips: Sequence[Clip], entries: Iterable[str], flag: str) -> list[Clip]:
+    """``clips`` without those of the listed speakers (each entry must name a speaker in ``clips``)."""
+    dropped = set(resolve_speakers(entries, (group for clip in clips if (group := group_of(clip)) is not None), flag))
+    return [clip for clip in clips if group_of(clip) not in dropped]
+
+
 def _pick_groups(order: Sequence[Group], sizes: dict[Group, int], target: float) -> list[Group]:
     """Walk ``order`` and take each group that brings the clip count closer to ``target``."""
     chosen, count = [], 0

@@ -1,5 +1,5 @@
-"""EmotionCnn as an ensemble in one checkpoint: members average as probabilities and train on
-their own losses."""
+"""EmotionCnn as an ensemble in one checkpoint (members average as probabilities and train on
+their own losses), and its silence handling (silent frames change nothing)."""
 
 from __future__ import annotations
 
@@ -9,13 +9,13 @@ import torch
 from conftest import synth_clip
 
 from ser.models import EmotionCnnConfig, EmotionCnnForAudioClassification
-from ser.models.emotion_cnn import member_cross_entropy
+from ser.models.emotion_cnn import member_cross_entropy, speech_frames
 from ser.training import SerTrainer
 
 LABELS = ["angry", "disgusted", "fearful", "happy", "neutral", "sad"]
 
 
-def _config(ensemble_size: int) -> EmotionCnnConfig:
+def _config(ensemble_size: int, **overrides) -> EmotionCnnConfig:
     return EmotionCnnConfig(
         encoder_type="tdnn",
         channels=(8, 8),
@@ -25,6 +25,7 @@ def _config(ensemble_size: int) -> EmotionCnnConfig:
         num_labels=len(LABELS),
         id2label=dict(enumerate(LABELS)),
         label2id={label: index for index, label in enumerate(LABELS)},
+        **overrides,
     )
 
 
@@ -118,3 +119,48 @@ def test_trainer_weighted_loss_trains_every_member(tmp_path):
 def test_ensemble_size_must_be_positive():
     with pytest.raises(ValueError, match="ensemble_size"):
         EmotionCnnConfig(ensemble_size=0)
+
+
+# -- silence --------------------------------------------------------------------------------------
+def test_speech_frames_keeps_frames_within_the_threshold_of_the_loudest():
+    # One mel bin, so a frame's energy is its log-mel value; 10 dB of power = ln(10) nats.
+    ln10 = float(np.log(10.0))
+    log_mel = torch.tensor([[[0.0, -ln10, -2.5 * ln10, -4 * ln10, 5.0]]])
+    valid = torch.tensor([[[1.0, 1.0, 1.0, 1.0, 0.0]]])  # the loud last frame is padding: ignored
+    assert speech_frames(log_mel, valid, threshold_db=20.0).tolist() == [[[1.0, 1.0, 0.0, 0.0, 0.0]]]
+    assert speech_frames(log_mel, valid, threshold_db=30.0).tolist() == [[[1.0, 1.0, 1.0, 0.0, 0.0]]]
+    # All silence: the loudest frame always qualifies, so nothing divides by zero frames.
+    silent = torch.full((1, 1, 3), -13.8)
+    assert speech_frames(silent, torch.ones(1, 1, 3), threshold_db=20.0).tolist() == [[[1.0, 1.0, 1.0]]]
+
+
+def _probabilities(model, waveform: np.ndarray) -> torch.Tensor:
+    with torch.inference_mode():
+        return torch.softmax(model(input_values=torch.from_numpy(waveform)[None]).logits, dim=-1)[0]
+
+
+@pytest.mark.parametrize("threshold_db", [None, 35.0])
+def test_silence_around_speech_changes_nothing_only_with_the_threshold(threshold_db):
+    torch.manual_seed(0)
+    model = EmotionCnnForAudioClassification(_config(2, n_fft=1024, num_mel_bins=32, silence_threshold_db=threshold_db)).eval()
+    speech = synth_clip(3, seed=7, duration_s=1.0)
+    hop = model.config.hop_length
+
+    def padded(before_s: float, after_s: float) -> np.ndarray:
+        # Whole hops of silence, so the speech frames line up in every version.
+        before, after = (round(seconds * 16_000 / hop) * hop for seconds in (before_s, after_s))
+        return np.concatenate([np.zeros(before, np.float32), speech, np.zeros(after, np.float32)])
+
+    short, long = _probabilities(model, padded(0.2, 0.2)), _probabilities(model, padded(1.5, 2.0))
+    difference = float((short - long).abs().max())
+    if threshold_db is None:
+        assert difference > 1e-3  # without it, the silent frames move the statistics and the answer
+    else:
+        assert difference < 1e-4
+
+
+def test_silence_threshold_is_validated():
+    with pytest.raises(ValueError, match="must be positive"):
+        _config(1, silence_threshold_db=0.0)
+    with pytest.raises(ValueError, match="needs encoder_type 'tdnn'"):
+        EmotionCnnConfig(encoder_type="cnn2d", silence_threshold_db=35.0)

@@ -141,6 +141,10 @@ def _make_corpus(root: Path, folders: dict[str, int]) -> Path:
         ({"Angry": 3, "Surprised": 3}, [], r"Only \['angry'\] left"),
         ({"Angry": 3, "Sad": 3}, ["--test_speakers", "42"], r"'42' is not in the corpus"),
         ({"Angry": 3, "Sad": 3}, ["--from_scratch", "no-such-preset"], r"--from_scratch: Unknown config 'no-such-preset'"),
+        ({"Angry": 3, "Sad": 3}, ["--exclude_speakers", "42"], r"--exclude_speakers: speaker '42' is not in the corpus"),
+        ({"Angry": 3, "Sad": 3}, ["--from_scratch", "emotion-cnn-small", "--config_overrides", "chanels=[8]"], r"--config_overrides: EmotionCnnConfig has no attribute 'chanels'"),
+        ({"Angry": 3, "Sad": 3}, ["--from_scratch", "emotion-cnn-small", "--config_overrides", "ensemble_size=0"], r"--config_overrides: ensemble_size must be >= 1"),
+        ({"Angry": 3, "Sad": 3}, ["--config_overrides", "dropout=0.1"], r"--config_overrides only applies with --from_scratch"),
     ],
 )
 def test_bad_input_is_a_clear_error(tmp_path, caplog, folders, extra, message):
@@ -190,6 +194,58 @@ def test_arguments_precedence_cli_over_json_over_defaults(tmp_path):
     config.write_text(json.dumps({"data_dir": "d", "output_dir": "o", "num_epochs": 3}))
     with pytest.raises(SystemExit):
         train.parse_arguments([str(config)])
+
+
+def test_exclude_speakers_and_config_overrides(tmp_path, audio_emotions_dir):
+    output_dir = tmp_path / "run"
+    code = _run(
+        audio_emotions_dir, output_dir, "--from_scratch", "emotion-tdnn-ensemble",
+        "--config_overrides", "ensemble_size=1,channels=[8,8],silence_threshold_db=30.5",
+        "--exclude_speakers", "5,6", "--test_speakers", "1,2", "--eval_fraction", "0", "--max_steps", "1", "--save_strategy", "no",
+    )  # fmt: skip
+    assert code == 0
+    split, config = _read(output_dir / "split.json"), _read(output_dir / "config.json")
+    everywhere = {speaker for name in ("train", "eval", "test") for speaker in split[name]["speakers"]}
+    assert everywhere.isdisjoint({"ravdess:5", "ravdess:6"}) and {"ravdess:3", "ravdess:4"} <= everywhere
+    # 102 clips without Surprised; each RAVDESS actor has 12 of them (6 classes x 2 statements).
+    assert sum(split[name]["num_clips"] for name in ("train", "eval", "test")) == 6 * 17 - 2 * 12
+    assert (config["ensemble_size"], config["channels"], config["silence_threshold_db"]) == (1, [8, 8], 30.5)
+
+
+def test_cross_validation_trains_every_fold_and_pools(tmp_path, audio_emotions_dir):
+    from scripts import cross_validate
+
+    config = tmp_path / "recipe.json"
+    config.write_text(json.dumps({"data_dir": str(audio_emotions_dir), "output_dir": "unused", "from_scratch": "emotion-tdnn-small", "eval_fraction": 0}))
+    output_dir = tmp_path / "cv"
+    extra = ["--max_steps", "1", "--config_overrides", "channels=[8]", *FAST]
+    assert cross_validate.main([str(config), "--output_dir", str(output_dir), "--folds", "1-2;3,4", "--exclude_speakers", "6", "--jobs", "2", "--", *extra]) == 0
+    summary = _read(output_dir / "cv.json")
+    assert [fold["speakers"] for fold in summary["folds"]] == [["ravdess:1", "ravdess:2"], ["ravdess:3", "ravdess:4"]]
+    for index in (0, 1):
+        split = _read(output_dir / f"fold_{index}" / "split.json")
+        assert "ravdess:6" not in split["train"]["speakers"] and not list(output_dir.glob(f"fold_{index}/checkpoint-*"))
+    folds = [_read(output_dir / f"fold_{index}" / "metrics.json") for index in (0, 1)]
+    assert summary["n"] == folds[0]["n"] + folds[1]["n"] == 2 * 2 * 12
+    assert summary["mean_accuracy"] == pytest.approx((folds[0]["accuracy"] + folds[1]["accuracy"]) / 2, abs=1e-4)
+    assert summary["model_config"]["channels"] == [8] and "id2label" not in summary["model_config"]
+    # Pooling again without training gives the same file, command included.
+    before = (output_dir / "cv.json").read_text()
+    assert cross_validate.main([str(config), "--output_dir", str(output_dir), "--folds", "1-2;3,4", "--exclude_speakers", "6", "--jobs", "2", "--pool_only", "--", *extra]) == 0
+    assert (output_dir / "cv.json").read_text() == before
+
+
+def test_cross_validation_helpers_exact():
+    from scripts.cross_validate import parse_folds, pool_folds
+
+    assert parse_folds("1-3; 5,7 ;x") == [["1", "2", "3"], ["5", "7"], ["x"]]
+    with pytest.raises(ValueError, match="at least two folds"):
+        parse_folds("1-4")
+    fold = lambda correct, wrong, f1: {"speakers": [], "accuracy": correct / (correct + wrong), "macro_f1": f1, "n": correct + wrong, "confusion_matrix": [[correct, wrong], [0, 0]]}  # noqa: E731
+    summary = pool_folds([fold(3, 1, 0.5), fold(1, 3, 0.3)])
+    assert (summary["mean_accuracy"], summary["std_accuracy"], summary["pooled_accuracy"], summary["mean_macro_f1"]) == (0.5, 0.3536, 0.5, 0.4)
+    summary = pool_folds([fold(9, 1, 0.5), fold(1, 1, 0.3)])
+    assert (summary["mean_accuracy"], summary["pooled_accuracy"], summary["n"]) == (0.7, round(10 / 12, 4), 12)
 
 
 def test_help_explains_flags():

@@ -44,6 +44,7 @@ class EmotionCnnConfig(PretrainedConfig):
         spec_augment_freq_warp: float = 0.0,
         append_utterance_spectrum: bool = False,
         ensemble_size: int = 1,
+        silence_threshold_db: float | None = None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -70,6 +71,13 @@ class EmotionCnnConfig(PretrainedConfig):
         if ensemble_size < 1:
             raise ValueError(f"ensemble_size must be >= 1, got {ensemble_size}")
         self.ensemble_size = ensemble_size
+        if silence_threshold_db is not None and silence_threshold_db <= 0:
+            raise ValueError(f"silence_threshold_db must be positive (or None to keep every frame), got {silence_threshold_db}")
+        if silence_threshold_db is not None and encoder_type != "tdnn":
+            raise ValueError("silence_threshold_db needs encoder_type 'tdnn' (its frames map one-to-one onto the pooled frames).")
+        # Frames this many dB below the clip's loudest frame are silence: left out of the normalisation
+        # statistics and the pooling, so how much silence surrounds the speech does not change the answer.
+        self.silence_threshold_db = silence_threshold_db
 
 
 class LogMelFrontend(nn.Module):
@@ -177,14 +185,10 @@ class EmotionCnnMember(nn.Module):
             hidden = hidden.mean(dim=2)  # pool frequency -> (batch, channels, frames')
         else:
             hidden = self.encoder(features)  # (batch, channels, frames)
-        pooled_frames = hidden.shape[-1]
-        # = adaptive_max_pool1d(frame_mask, pooled_frames), written so it exports to ONNX with a dynamic
-        # time axis: bin i starts at floor(i * frames / pooled_frames) and the mask is a prefix, so the
-        # bin holds a valid frame iff it starts before the number of valid frames.
-        starts = torch.div(
-            torch.arange(pooled_frames, device=hidden.device) * frame_mask.shape[-1], pooled_frames, rounding_mode="floor"
-        )
-        pooled_mask = (starts[None, :] < frame_mask.sum(dim=-1)).to(frame_mask.dtype).unsqueeze(1)  # (batch, 1, frames')
+        if self.encoder_type == "tdnn":
+            pooled_mask = frame_mask  # no time downsampling: frames map one-to-one
+        else:
+            pooled_mask = self._pooled_prefix_mask(frame_mask, hidden.shape[-1])
         scores = self.attention(hidden).masked_fill(pooled_mask == 0, -1e4)
         weights = torch.softmax(scores, dim=-1)
         mean = (hidden * weights).sum(dim=-1)
@@ -193,6 +197,16 @@ class EmotionCnnMember(nn.Module):
         if self.append_utterance_spectrum:
             pooled.append(utterance_spectrum)
         return self.classifier(self.dropout(torch.cat(pooled, dim=-1)))
+
+    @staticmethod
+    def _pooled_prefix_mask(frame_mask: torch.Tensor, pooled_frames: int) -> torch.Tensor:
+        # = adaptive_max_pool1d(frame_mask, pooled_frames), written so it exports to ONNX with a dynamic
+        # time axis: bin i starts at floor(i * frames / pooled_frames) and the mask is a prefix, so the
+        # bin holds a valid frame iff it starts before the number of valid frames.
+        starts = torch.div(
+            torch.arange(pooled_frames, device=frame_mask.device) * frame_mask.shape[-1], pooled_frames, rounding_mode="floor"
+        )
+        return (starts[None, :] < frame_mask.sum(dim=-1)).to(frame_mask.dtype).unsqueeze(1)  # (batch, 1, frames')
 
 
 class EmotionCnnForAudioClassification(PreTrainedModel):
@@ -290,11 +304,25 @@ class EmotionCnnForAudioClassification(PreTrainedModel):
         frames = torch.arange(features.shape[-1], device=features.device)
         frame_mask = (frames[None, :] < self.frontend.num_frames(lengths)[:, None]).to(features.dtype).unsqueeze(1)
 
+        if self.config.silence_threshold_db is not None:
+            frame_mask = frame_mask * speech_frames(features, frame_mask, self.config.silence_threshold_db)
         logits, member_logits = self.classify_features(features, frame_mask)
         loss = None
         if labels is not None:
             loss = member_cross_entropy(member_logits, labels)
         return EmotionCnnOutput(loss=loss, logits=logits, member_logits=member_logits)
+
+
+def speech_frames(log_mel: torch.Tensor, frame_mask: torch.Tensor, threshold_db: float) -> torch.Tensor:
+    """``(batch, 1, frames)`` mask of the valid frames within ``threshold_db`` of the clip's loudest frame.
+
+    The loudest frame always qualifies, so a clip of pure silence keeps all its frames.
+    """
+    frame_energy = torch.logsumexp(log_mel, dim=1, keepdim=True)  # natural log of the frame's mel power
+    frame_energy = frame_energy.masked_fill(frame_mask == 0, -1e4)
+    loudest = frame_energy.amax(dim=-1, keepdim=True)
+    threshold = threshold_db * math.log(10.0) / 10.0  # dB of power -> nats
+    return (frame_energy >= loudest - threshold).to(frame_mask.dtype) * frame_mask
 
 
 def member_cross_entropy(member_logits: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:

@@ -20,9 +20,11 @@ PRESETS: dict[str, Callable[[], PretrainedConfig]] = {
         feature_normalization="utterance_mean",
         append_utterance_spectrum=True,
     ),
-    # The bundled model's architecture (chosen by actor-fold cross-validation on RAVDESS actors 1-20,
-    # see model_card.md): the TDNN above on a 64 ms window with 128 mel bins, which resolves the
-    # harmonics (pitch) that a 25 ms window smears, as a deep ensemble of 5 members in one checkpoint.
+    # The bundled model's architecture (chosen by actor-fold cross-validation on RAVDESS actors 1-20:
+    # scripts/cross_validate_recipes.sh, model_card.md): the TDNN above on a 64 ms window with 128 mel
+    # bins, which resolves the harmonics (pitch) that a 25 ms window smears; frames 35 dB below the
+    # loudest are ignored, so the silence around a sentence does not shift the statistics; a deep
+    # ensemble of 5 members in one checkpoint.
     "emotion-tdnn-ensemble": lambda: EmotionCnnConfig(
         encoder_type="tdnn",
         channels=(128, 128, 128, 128),
@@ -30,6 +32,7 @@ PRESETS: dict[str, Callable[[], PretrainedConfig]] = {
         append_utterance_spectrum=True,
         n_fft=1024,
         num_mel_bins=128,
+        silence_threshold_db=35.0,
         ensemble_size=5,
     ),
     # A 2-D log-mel CNN, ~0.58 M parameters, ~16 ms per 3 s clip on 2 cores (slower to train).
@@ -62,6 +65,42 @@ def config_from_spec(spec: str) -> PretrainedConfig:
             raise ValueError(f"{config_file} has no 'model_type'; it must be a transformers config.json.")
         return AutoConfig.for_model(**config_dict)
     raise ValueError(f"Unknown config {spec!r}: give a preset ({', '.join(PRESETS)}) or a path to a config.json.")
+
+
+def apply_config_overrides(config: PretrainedConfig, overrides: str) -> None:
+    """Set attributes from ``"name=value,name=value"``; values are JSON (``1``, ``0.2``, ``null``, ``[1,2]``) or strings.
+
+    Only attributes the config already has can be set, so a typo fails instead of being ignored.
+    """
+    for item in _split_top_level(overrides):
+        name, separator, raw = item.partition("=")
+        name = name.strip()
+        if not separator or not name:
+            raise ValueError(f"expected name=value, got {item!r}")
+        if not hasattr(config, name):
+            raise ValueError(f"{type(config).__name__} has no attribute {name!r}")
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw.strip()
+        setattr(config, name, value)
+    # Re-run the config's own validation on the result.
+    type(config)(**config.to_dict())
+
+
+def _split_top_level(text: str) -> list[str]:
+    """Split on commas outside brackets, so ``channels=[64,64],dropout=0.2`` gives two items."""
+    items, depth, current = [], 0, []
+    for char in text:
+        depth += char in "[{"
+        depth -= char in "]}"
+        if char == "," and depth == 0:
+            items.append("".join(current))
+            current = []
+        else:
+            current.append(char)
+    items.append("".join(current))
+    return [item for item in items if item.strip()]
 
 
 def feature_extractor_for(config: PretrainedConfig) -> Wav2Vec2FeatureExtractor:

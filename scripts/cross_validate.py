@@ -1,0 +1,147 @@
+"""Speaker-fold cross-validation of a train.py recipe, for choosing a recipe without its test set.
+
+Each fold trains ``train.py CONFIG`` with one group of speakers as its test split and the
+``--exclude_speakers`` (the final test speakers) left out entirely, then the folds' ``metrics.json``
+files are pooled into ``cv.json``. Extra train.py flags after ``--`` apply to every fold.
+
+    python -m scripts.cross_validate configs/bundled_model.json --output_dir runs/cv/baseline \\
+        -- --config_overrides ensemble_size=1
+
+Defaults are the bundled model's protocol: RAVDESS actors 1-20 in five folds of four actors, with
+actors 21-24 (its test set) never used.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+logger = logging.getLogger("cross_validate")
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_FOLDS = "1-4;5-8;9-12;13-16;17-20"
+DEFAULT_EXCLUDED = "21,22,23,24"
+
+
+def parse_folds(spec: str) -> list[list[str]]:
+    """``"1-4;5,7"`` -> ``[["1", "2", "3", "4"], ["5", "7"]]``: folds split by ``;``, ranges inclusive."""
+    folds = []
+    for fold_spec in (part.strip() for part in spec.split(";")):
+        if not fold_spec:
+            continue
+        speakers: list[str] = []
+        for item in (part.strip() for part in fold_spec.split(",")):
+            low, dash, high = item.partition("-")
+            if dash and low.isdigit() and high.isdigit():
+                speakers.extend(str(number) for number in range(int(low), int(high) + 1))
+            elif item:
+                speakers.append(item)
+        folds.append(speakers)
+    if len(folds) < 2:
+        raise ValueError(f"cross-validation needs at least two folds, got {spec!r}")
+    return folds
+
+
+def fold_command(config: str, speakers: list[str], excluded: str, output_dir: Path, extra: list[str]) -> list[str]:
+    command = [sys.executable, str(REPO_ROOT / "train.py"), config, "--test_speakers", ",".join(speakers)]
+    if excluded:
+        command += ["--exclude_speakers", excluded]
+    # Folds keep no checkpoints: only their metrics matter.
+    return command + ["--output_dir", str(output_dir), "--save_strategy", "no", *extra]
+
+
+# config.json keys that say nothing about the recipe.
+_BOOKKEEPING_KEYS = {"id2label", "label2id", "architectures", "transformers_version", "dtype", "torch_dtype", "_name_or_path"}
+
+
+def recipe_config(config_path: Path) -> dict:
+    """A fold's config.json without label maps and version bookkeeping: what the candidate trained."""
+    return {key: value for key, value in json.loads(config_path.read_text()).items() if key not in _BOOKKEEPING_KEYS}
+
+
+def pool_folds(fold_metrics: list[dict]) -> dict:
+    """Per-fold scores plus their mean/std and the accuracy over all held-out clips together."""
+    accuracies = np.array([metrics["accuracy"] for metrics in fold_metrics])
+    macro_f1 = np.array([metrics["macro_f1"] for metrics in fold_metrics])
+    correct = sum(float(np.trace(np.asarray(metrics["confusion_matrix"]))) for metrics in fold_metrics)
+    total = sum(metrics["n"] for metrics in fold_metrics)
+    return {
+        "mean_accuracy": round(float(accuracies.mean()), 4),
+        "std_accuracy": round(float(accuracies.std(ddof=1)), 4),
+        "mean_macro_f1": round(float(macro_f1.mean()), 4),
+        "pooled_accuracy": round(correct / total, 4),
+        "n": total,
+        "folds": [
+            {"speakers": metrics["speakers"], "accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"], "n": metrics["n"]}
+            for metrics in fold_metrics
+        ],
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    extra: list[str] = []
+    if "--" in argv:
+        split_at = argv.index("--")
+        argv, extra = argv[:split_at], argv[split_at + 1 :]
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("config", help="train.py JSON config (its data_dir and recipe are used; its test split is replaced per fold).")
+    parser.add_argument("--output_dir", required=True, help="One sub-folder per fold, plus cv.json.")
+    parser.add_argument("--folds", default=DEFAULT_FOLDS, help="Speaker folds separated by ';', e.g. '1-4;5-8'.")
+    parser.add_argument("--exclude_speakers", default=DEFAULT_EXCLUDED, help="Speakers no fold trains or tests on ('' for none).")
+    parser.add_argument("--jobs", type=int, default=1, help="Folds trained at once; the CPU threads are shared between them.")
+    parser.add_argument("--pool_only", action="store_true", help="Do not train: pool the folds already in --output_dir again.")
+    args = parser.parse_args(argv)
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S", level=logging.INFO)
+
+    folds = parse_folds(args.folds)
+    output_dir = Path(args.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    environment = dict(os.environ, OMP_NUM_THREADS=str(max(1, (os.cpu_count() or 1) // max(1, args.jobs))))
+
+    def run_fold(index: int) -> dict:
+        fold_dir = output_dir / f"fold_{index}"
+        if args.pool_only:
+            return json.loads((fold_dir / "metrics.json").read_text())
+        command = fold_command(args.config, folds[index], args.exclude_speakers, fold_dir, extra)
+        logger.info("fold %d: %s", index, " ".join(command))
+        fold_dir.mkdir(parents=True, exist_ok=True)
+        with open(fold_dir / "train.log", "w") as log:
+            result = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=environment, cwd=REPO_ROOT)
+        if result.returncode != 0:
+            raise RuntimeError(f"fold {index} failed (exit {result.returncode}); see {fold_dir / 'train.log'}")
+        metrics = json.loads((fold_dir / "metrics.json").read_text())
+        logger.info("fold %d (%s): accuracy %.3f", index, ",".join(folds[index]), metrics["accuracy"])
+        return metrics
+
+    with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+        fold_metrics = list(pool.map(run_fold, range(len(folds))))
+    configs = [recipe_config(output_dir / f"fold_{index}" / "config.json") for index in range(len(folds))]
+    if any(config != configs[0] for config in configs):
+        raise RuntimeError(f"The folds in {output_dir} were trained with different model configs; train them again.")
+    command_arguments = [argument for argument in argv if argument != "--pool_only"]
+    summary = pool_folds(fold_metrics) | {
+        "config": args.config,
+        "extra_arguments": extra,
+        "excluded_speakers": args.exclude_speakers,
+        "model_config": configs[0],
+        "command": " ".join(["python -m scripts.cross_validate", *command_arguments, *(["--", *extra] if extra else [])]),
+    }
+    (output_dir / "cv.json").write_text(json.dumps(summary, indent=2) + "\n")
+    logger.info(
+        "%d folds: accuracy %.3f ± %.3f (pooled %.3f over %d clips) -> %s",
+        len(folds), summary["mean_accuracy"], summary["std_accuracy"], summary["pooled_accuracy"], summary["n"], output_dir / "cv.json",
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
