@@ -67,6 +67,22 @@ def recipe_config(config_path: Path) -> dict:
     return {key: value for key, value in json.loads(config_path.read_text()).items() if key not in _BOOKKEEPING_KEYS}
 
 
+#: train.py settings that make up a recipe (the split, output and bookkeeping flags are left out).
+RECIPE_TRAINING_KEYS = (
+    "num_train_epochs", "max_steps", "learning_rate", "weight_decay", "lr_scheduler_type", "warmup_steps",
+    "per_device_train_batch_size", "gradient_accumulation_steps", "seed",
+)  # fmt: skip
+_NOT_RECIPE_DATA_KEYS = {"data_dir", "test_speakers", "eval_speakers", "exclude_speakers", "test_fraction", "eval_fraction", "split_seed", "max_eval_samples"}
+
+
+def recipe_arguments(train_config_path: Path) -> dict:
+    """A fold's train_config.json reduced to the recipe: data and augmentation flags, optimiser, epochs."""
+    train_config = json.loads(train_config_path.read_text())
+    data = {key: value for key, value in train_config["data"].items() if key not in _NOT_RECIPE_DATA_KEYS}
+    training = {key: train_config["training"][key] for key in RECIPE_TRAINING_KEYS if key in train_config["training"]}
+    return data | training
+
+
 def pool_folds(fold_metrics: list[dict]) -> dict:
     """Per-fold scores plus their mean/std and the accuracy over all held-out clips together."""
     accuracies = np.array([metrics["accuracy"] for metrics in fold_metrics])
@@ -124,15 +140,18 @@ def main(argv: list[str] | None = None) -> int:
 
     with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
         fold_metrics = list(pool.map(run_fold, range(len(folds))))
-    configs = [recipe_config(output_dir / f"fold_{index}" / "config.json") for index in range(len(folds))]
-    if any(config != configs[0] for config in configs):
-        raise RuntimeError(f"The folds in {output_dir} were trained with different model configs; train them again.")
+    fold_dirs = [output_dir / f"fold_{index}" for index in range(len(folds))]
+    configs = [recipe_config(fold_dir / "config.json") for fold_dir in fold_dirs]
+    recipes = [recipe_arguments(fold_dir / "train_config.json") for fold_dir in fold_dirs]
+    if any(config != configs[0] for config in configs) or any(recipe != recipes[0] for recipe in recipes):
+        raise RuntimeError(f"The folds in {output_dir} were trained with different recipes; train them again.")
     command_arguments = [argument for argument in argv if argument != "--pool_only"]
     summary = pool_folds(fold_metrics) | {
         "config": args.config,
         "extra_arguments": extra,
         "excluded_speakers": args.exclude_speakers,
         "model_config": configs[0],
+        "recipe": recipes[0],
         "command": " ".join(["python -m scripts.cross_validate", *command_arguments, *(["--", *extra] if extra else [])]),
     }
     (output_dir / "cv.json").write_text(json.dumps(summary, indent=2) + "\n")

@@ -2,20 +2,23 @@
 # How the bundled recipe was chosen: 5-fold actor cross-validation on RAVDESS actors 1-20 (actors
 # 21-24, the test set, are excluded from every fold), one single-member model per fold, for each
 # candidate. Writes models/ser-ravdess/cv/<candidate>.json, which model_card.md quotes.
-# About 16 minutes per candidate on 2 CPU cores (two folds at a time). Needs ../shared/data.
+# 16 (2.5 s crops) to 28 (4 s crops) minutes per candidate on 2 CPU cores (two folds at a time). Needs ../shared/data.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA=${DATA:-../shared/data}
 MODEL=models/ser-ravdess
 
-candidate() {
+candidate() {  # NAME CONFIG_OVERRIDES [more train.py flags]
     local name=$1 overrides=$2
+    shift 2
     python -m scripts.cross_validate configs/bundled_model.json --output_dir "runs/cv/$name" --jobs 2 \
-        -- --data_dir "$DATA/ravdess" --config_overrides "ensemble_size=1,$overrides"
+        -- --data_dir "$DATA/ravdess" --config_overrides "ensemble_size=1,$overrides" "$@"
     mkdir -p "$MODEL/cv" && cp "runs/cv/$name/cv.json" "$MODEL/cv/$name.json"
 }
 
-# The previous bundled recipe, then the same with silent frames ignored, then also with VTLP.
+# The previous bundled recipe, then the same with silent frames ignored, then also with VTLP, then
+# with whole utterances (4 s crops instead of 2.5 s) in training.
 candidate baseline "silence_threshold_db=null,spec_augment_freq_warp=0.0"
 candidate silence35 "silence_threshold_db=35,spec_augment_freq_warp=0.0"
 candidate silence35_warp10 "silence_threshold_db=35,spec_augment_freq_warp=0.1"
+candidate silence35_crop4 "silence_threshold_db=35,spec_augment_freq_warp=0.0" --max_duration_s 4.0

@@ -82,27 +82,31 @@ def test_default_confidence_threshold_follows_the_bundled_models_coverage_curve(
     assert DEFAULT_CONFIDENCE_THRESHOLD == pytest.approx(chosen)
 
 
-def test_card_describes_cv_candidates_by_their_difference_from_the_shipped_config(tmp_path):
+def test_card_describes_cv_candidates_by_their_difference_from_the_shipped_recipe(tmp_path):
     from scripts.make_model_card import cv_table
 
-    def candidate(name: str, accuracies: list[float], **config) -> None:
+    def candidate(name: str, accuracies: list[float], recipe: dict, **config) -> None:
         folds = [{"speakers": [], "accuracy": accuracy, "macro_f1": 0.5, "n": 10} for accuracy in accuracies]
-        cv = {"folds": folds, "mean_accuracy": float(np.mean(accuracies)), "std_accuracy": 0.05, "mean_macro_f1": 0.5, "model_config": config}
+        cv = {"folds": folds, "mean_accuracy": float(np.mean(accuracies)), "std_accuracy": 0.05, "mean_macro_f1": 0.5, "model_config": config, "recipe": recipe}
         (tmp_path / "cv").mkdir(exist_ok=True)
         (tmp_path / "cv" / f"{name}.json").write_text(json.dumps(cv))
 
-    candidate("a_old", [0.4, 0.5], channels=[8], silence_threshold_db=None, ensemble_size=1)
-    candidate("b_new", [0.6, 0.7], channels=[8], silence_threshold_db=35, ensemble_size=1)
-    rows, shipped = cv_table(tmp_path, {"channels": [8], "silence_threshold_db": 35, "ensemble_size": 5})
+    candidate("a_old", [0.4, 0.5], {"max_duration_s": 2.5}, channels=[8], silence_threshold_db=None, ensemble_size=1)
+    candidate("b_new", [0.6, 0.7], {"max_duration_s": 2.5}, channels=[8], silence_threshold_db=35, ensemble_size=1)
+    candidate("c_long", [0.5, 0.5], {"max_duration_s": 4.0}, channels=[8], silence_threshold_db=35, ensemble_size=1)
+    rows, shipped = cv_table(tmp_path, {"channels": [8], "silence_threshold_db": 35, "ensemble_size": 5}, {"max_duration_s": 2.5})
     assert shipped == "b_new"
     assert rows == [
         "| a_old | `silence_threshold_db=null` (shipped: `35`) | 0.450 ± 0.050 | 0.400 / 0.500 | 0.500 |",
         "| b_new | the shipped recipe | 0.650 ± 0.050 | 0.600 / 0.700 | 0.500 |",
+        "| c_long | `max_duration_s=4.0` (shipped: `2.5`) | 0.500 ± 0.050 | 0.500 / 0.500 | 0.500 |",
     ]
 
 
 def test_bundled_model_recipe_is_one_of_its_cross_validated_candidates():
+    from scripts.cross_validate import recipe_arguments
     from scripts.make_model_card import cv_table
 
-    _, shipped = cv_table(BUNDLED_MODEL_DIR, json.loads((BUNDLED_MODEL_DIR / "config.json").read_text()))
-    assert shipped is not None, "config.json matches no models/ser-ravdess/cv/*.json: run scripts/cross_validate_recipes.sh"
+    config = json.loads((BUNDLED_MODEL_DIR / "config.json").read_text())
+    _, shipped = cv_table(BUNDLED_MODEL_DIR, config, recipe_arguments(BUNDLED_MODEL_DIR / "train_config.json"))
+    assert shipped is not None, "the shipped model matches no models/ser-ravdess/cv/*.json: run scripts/cross_validate_recipes.sh"

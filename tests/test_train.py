@@ -229,6 +229,7 @@ def test_cross_validation_trains_every_fold_and_pools(tmp_path, audio_emotions_d
     assert summary["n"] == folds[0]["n"] + folds[1]["n"] == 2 * 2 * 12
     assert summary["mean_accuracy"] == pytest.approx((folds[0]["accuracy"] + folds[1]["accuracy"]) / 2, abs=1e-4)
     assert summary["model_config"]["channels"] == [8] and "id2label" not in summary["model_config"]
+    assert summary["recipe"]["max_steps"] == 1 and "test_speakers" not in summary["recipe"] and "data_dir" not in summary["recipe"]
     # Pooling again without training gives the same file, command included.
     before = (output_dir / "cv.json").read_text()
     assert cross_validate.main([str(config), "--output_dir", str(output_dir), "--folds", "1-2;3,4", "--exclude_speakers", "6", "--jobs", "2", "--pool_only", "--", *extra]) == 0
