@@ -62,9 +62,9 @@ def fold_command(config: str, speakers: list[str], excluded: str, output_dir: Pa
 _BOOKKEEPING_KEYS = {"id2label", "label2id", "architectures", "transformers_version", "dtype", "torch_dtype", "_name_or_path"}
 
 
-def recipe_config(config_path: Path) -> dict:
-    """A fold's config.json without label maps and version bookkeeping: what the candidate trained."""
-    return {key: value for key, value in json.loads(config_path.read_text()).items() if key not in _BOOKKEEPING_KEYS}
+def recipe_config(config: dict) -> dict:
+    """A config.json (as loaded) without label maps and version bookkeeping: what the model is."""
+    return {key: value for key, value in config.items() if key not in _BOOKKEEPING_KEYS}
 
 
 #: train.py settings that make up a recipe (the split, output and bookkeeping flags are left out).
@@ -75,9 +75,8 @@ RECIPE_TRAINING_KEYS = (
 _NOT_RECIPE_DATA_KEYS = {"data_dir", "test_speakers", "eval_speakers", "exclude_speakers", "test_fraction", "eval_fraction", "split_seed", "max_eval_samples"}
 
 
-def recipe_arguments(train_config_path: Path) -> dict:
-    """A fold's train_config.json reduced to the recipe: data and augmentation flags, optimiser, epochs."""
-    train_config = json.loads(train_config_path.read_text())
+def recipe_arguments(train_config: dict) -> dict:
+    """A train_config.json (as loaded) reduced to the recipe: data and augmentation flags, optimiser, epochs."""
     data = {key: value for key, value in train_config["data"].items() if key not in _NOT_RECIPE_DATA_KEYS}
     training = {key: train_config["training"][key] for key in RECIPE_TRAINING_KEYS if key in train_config["training"]}
     return data | training
@@ -141,8 +140,8 @@ def main(argv: list[str] | None = None) -> int:
     with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
         fold_metrics = list(pool.map(run_fold, range(len(folds))))
     fold_dirs = [output_dir / f"fold_{index}" for index in range(len(folds))]
-    configs = [recipe_config(fold_dir / "config.json") for fold_dir in fold_dirs]
-    recipes = [recipe_arguments(fold_dir / "train_config.json") for fold_dir in fold_dirs]
+    configs = [recipe_config(json.loads((fold_dir / "config.json").read_text())) for fold_dir in fold_dirs]
+    recipes = [recipe_arguments(json.loads((fold_dir / "train_config.json").read_text())) for fold_dir in fold_dirs]
     if any(config != configs[0] for config in configs) or any(recipe != recipes[0] for recipe in recipes):
         raise RuntimeError(f"The folds in {output_dir} were trained with different recipes; train them again.")
     command_arguments = [argument for argument in argv if argument != "--pool_only"]

@@ -2,7 +2,7 @@
 # How the bundled recipe was chosen: 5-fold actor cross-validation on RAVDESS actors 1-20 (actors
 # 21-24, the test set, are excluded from every fold), one single-member model per fold, for each
 # candidate. Writes models/ser-ravdess/cv/<candidate>.json, which model_card.md quotes.
-# 16 (2.5 s crops) to 28 (4 s crops) minutes per candidate on 2 CPU cores (two folds at a time). Needs ../shared/data.
+# Two folds train at a time, one CPU thread each. Needs ../shared/data.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA=${DATA:-../shared/data}

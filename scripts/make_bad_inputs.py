@@ -91,7 +91,6 @@ def make_corpus(output_dir: Path, max_upload_mb: float = 32.0, max_duration_s: f
     output_dir.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     speech, rate = espeak_speech(output_dir)
-    speech_16k = resample(speech, rate, 16_000)
     cases: list[Case] = []
 
     def add(name: str, file: str, expect: str, description: str) -> Path:

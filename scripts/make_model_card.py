@@ -17,7 +17,7 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 
-from scripts.cross_validate import recipe_arguments
+from scripts.cross_validate import recipe_arguments, recipe_config
 from ser.predictor import BUNDLED_MODEL_DIR, REPO_ROOT
 
 CARD_PATH = REPO_ROOT / "model_card.md"
@@ -79,10 +79,11 @@ def cv_table(model_dir: Path, model_config: Mapping, recipe: Mapping) -> tuple[l
     """Markdown rows for cv/*.json, and the name of the candidate the shipped model was trained as.
 
     A candidate is described by how its model config and train.py recipe differ from the shipped
-    ones (``recipe``: ``scripts.cross_validate.recipe_arguments`` of the shipped train_config.json);
-    the ensemble size aside, since folds train one member.
+    ones (``model_config`` / ``recipe``: the shipped config.json / train_config.json through
+    ``scripts.cross_validate.recipe_config`` / ``recipe_arguments``); the ensemble size aside, since
+    folds train one member.
     """
-    ignored = {"ensemble_size", "id2label", "label2id", "architectures", "transformers_version", "dtype", "torch_dtype", "_name_or_path"}
+    ignored = {"ensemble_size"}
     rows, shipped = [], None
     for path in sorted((model_dir / "cv").glob("*.json")):
         cv = _load(path)
@@ -143,7 +144,7 @@ def render_model_card(model_dir: Path = BUNDLED_MODEL_DIR) -> str:
     weights_mb = (model_dir / "model.safetensors").stat().st_size / 1e6
     parameters = count_parameters(model_dir)
     architecture = describe_architecture(model_config)
-    cv_rows, shipped_candidate = cv_table(model_dir, model_config, recipe_arguments(model_dir / "train_config.json"))
+    cv_rows, shipped_candidate = cv_table(model_dir, recipe_config(model_config), recipe_arguments(train_config))
     ravdess, emovo = evaluations["ravdess-actors-21-24"], evaluations["emovo"]
     labels = ravdess["labels"]
 
@@ -275,7 +276,7 @@ classes present in the test set.
 
 ```bash
 bash scripts/build_bundled_model.sh   # train (train.py + configs/bundled_model.json), evaluate, write this card
-bash scripts/cross_validate_recipes.sh   # the cross-validation table above (16-28 minutes per candidate)
+bash scripts/cross_validate_recipes.sh   # the cross-validation table above
 ```
 
 which runs, in order: `python train.py configs/bundled_model.json`; copies the model files to

@@ -34,9 +34,9 @@ from .quality import (
     QualityReport,
     SpeechDetector,
     UnusableAudioError,
+    decide,
     find_problems,
     get_speech_detector,
-    is_uncertain,
     level_dbfs,
 )
 
@@ -212,17 +212,8 @@ def build_timeline(
         probabilities = classifier.predict_proba(batch)
         for row in probabilities:
             start_s, end_s = planned[len(segments)]
-            best = int(np.argmax(row))
-            segments.append(
-                TimelineSegment(
-                    start_s=start_s,
-                    end_s=end_s,
-                    label=classifier.labels[best],
-                    confidence=float(row[best]),
-                    uncertain=is_uncertain(float(row[best]), config.confidence_threshold),
-                    probabilities={label: float(value) for label, value in zip(classifier.labels, row)},
-                )
-            )
+            answer = decide(dict(zip(classifier.labels, row.tolist())), config.confidence_threshold)
+            segments.append(TimelineSegment(start_s, end_s, answer.label, answer.confidence, answer.uncertain, answer.probabilities))
         batch.clear()
         if progress is not None:
             progress(_VAD_SHARE + (1 - _VAD_SHARE) * len(segments) / len(planned), f"Classified {len(segments)}/{len(planned)} segments")
