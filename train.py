@@ -108,6 +108,10 @@ class DataArguments:
     max_gain_db: float = field(default=6.0, metadata={"help": "Random gain is drawn from [-max_gain_db, +max_gain_db]."})
     speed_prob: float = field(default=0.0, metadata={"help": "Probability of speed perturbation (changes pitch too, so off by default)."})
     speed_factors: str = field(default="0.9,1.1", metadata={"help": "Comma-separated speed factors to draw from."})
+    mixup_alpha: float = field(
+        default=0.0,
+        metadata={"help": "Mixup: train on mixtures of two clips' waveforms and labels, weight ~ Beta(alpha, alpha); 0 disables."},
+    )
     max_train_samples: int | None = field(default=None, metadata={"help": "Use at most this many training clips (a seeded random subset; for quick runs)."})
     max_eval_samples: int | None = field(default=None, metadata={"help": "Use at most this many eval and test clips each."})
 
@@ -459,6 +463,7 @@ def run(data_args: DataArguments, model_args: ModelArguments, training_args, com
         compute_metrics=make_compute_metrics(labels),
         class_weights=class_weights(train_label_ids, len(labels)) if data_args.class_balance == "weighted_loss" else None,
         sample_weights=sample_weights(train_label_ids) if data_args.class_balance == "sampler" else None,
+        mixup_alpha=data_args.mixup_alpha,
     )
     train_result = trainer.train(resume_from_checkpoint=resume)
     trainer.save_model()

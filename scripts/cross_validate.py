@@ -70,7 +70,7 @@ def recipe_config(config: dict) -> dict:
 #: train.py settings that make up a recipe (the split, output and bookkeeping flags are left out).
 RECIPE_TRAINING_KEYS = (
     "num_train_epochs", "max_steps", "learning_rate", "weight_decay", "lr_scheduler_type", "warmup_steps",
-    "per_device_train_batch_size", "gradient_accumulation_steps", "seed",
+    "per_device_train_batch_size", "gradient_accumulation_steps", "seed", "label_smoothing_factor",
 )  # fmt: skip
 _NOT_RECIPE_DATA_KEYS = {"data_dir", "test_speakers", "eval_speakers", "exclude_speakers", "test_fraction", "eval_fraction", "split_seed", "max_eval_samples"}
 
@@ -80,6 +80,22 @@ def recipe_arguments(train_config: dict) -> dict:
     data = {key: value for key, value in train_config["data"].items() if key not in _NOT_RECIPE_DATA_KEYS}
     training = {key: train_config["training"][key] for key in RECIPE_TRAINING_KEYS if key in train_config["training"]}
     return data | training
+
+
+def recipe_defaults() -> dict:
+    """The defaults of train.py's recipe flags: a recipe recorded before a flag existed ran with its default."""
+    import dataclasses
+
+    from transformers import TrainingArguments
+
+    import train  # the repo root is on sys.path: scripts run as ``python -m scripts.<name>`` from there
+
+    def defaults(arguments_class, keep) -> dict:
+        return {field.name: field.default for field in dataclasses.fields(arguments_class) if field.default is not dataclasses.MISSING and keep(field.name)}
+
+    return defaults(train.DataArguments, lambda name: name not in _NOT_RECIPE_DATA_KEYS) | defaults(
+        TrainingArguments, lambda name: name in RECIPE_TRAINING_KEYS
+    )
 
 
 def pool_folds(fold_metrics: list[dict]) -> dict:

@@ -1,5 +1,5 @@
 """The pieces train.py puts together: in-memory clip datasets, the collator, metrics, and a
-Trainer that knows class-weighted loss and a class-balanced sampler."""
+Trainer that knows class-weighted loss, a class-balanced sampler and mixup."""
 
 from __future__ import annotations
 
@@ -134,6 +134,23 @@ def sample_weights(label_ids: Sequence[int]) -> list[float]:
     return [1.0 / counts[label_id] for label_id in label_ids]
 
 
+def mix_batch(inputs: dict[str, torch.Tensor], alpha: float) -> tuple[dict[str, torch.Tensor], torch.Tensor, float]:
+    """Mixup on waveforms: each clip becomes ``w * clip + (1 - w) * partner`` with ``w ~ Beta(alpha, alpha)``
+    (one ``w`` per batch, folded to >= 0.5 so the clip's own label dominates) and a random partner from
+    the batch. Returns the mixed inputs, the partner indices and ``w``; the loss mixes the same way.
+    """
+    waveforms = inputs["input_values"]
+    mix_weight = float(torch.distributions.Beta(alpha, alpha).sample())
+    mix_weight = max(mix_weight, 1.0 - mix_weight)
+    partner = torch.randperm(waveforms.shape[0], device=waveforms.device)
+    mixed = dict(inputs)
+    mixed["input_values"] = mix_weight * waveforms + (1.0 - mix_weight) * waveforms[partner]
+    if "attention_mask" in inputs:
+        # The mixed clip lasts as long as the longer of the two.
+        mixed["attention_mask"] = torch.maximum(inputs["attention_mask"], inputs["attention_mask"][partner])
+    return mixed, partner, mix_weight
+
+
 def make_compute_metrics(labels: Sequence[str]) -> Callable[[EvalPrediction], dict[str, float]]:
     """Trainer ``compute_metrics``: accuracy, macro-F1 and UAR from ser.metrics."""
     labels = list(labels)
@@ -149,7 +166,10 @@ def make_compute_metrics(labels: Sequence[str]) -> Callable[[EvalPrediction], di
 
 
 class SerTrainer(Trainer):
-    """Trainer plus class-weighted cross-entropy, a class-balanced sampler, and our model card."""
+    """Trainer plus class-weighted cross-entropy, a class-balanced sampler, mixup, and our model card.
+
+    ``--label_smoothing_factor`` applies to every loss here, per ensemble member.
+    """
 
     # Our weighted loss is a per-batch mean, so Trainer still divides it for gradient accumulation.
     loss_is_scaled_for_ga = False
@@ -159,29 +179,43 @@ class SerTrainer(Trainer):
         *args,
         class_weights: torch.Tensor | None = None,
         sample_weights: Sequence[float] | None = None,
+        mixup_alpha: float = 0.0,
         model_card: str | None = None,
         **kwargs,
     ):
         super().__init__(*args, **kwargs)
+        if mixup_alpha < 0:
+            raise ValueError(f"mixup_alpha must be >= 0, got {mixup_alpha}")
         self.class_weights = class_weights
         self.sample_weights = list(sample_weights) if sample_weights is not None else None
+        self.mixup_alpha = mixup_alpha
         self.model_card = model_card
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        if self.class_weights is None or "labels" not in inputs:
+        mixing = self.mixup_alpha > 0 and model.training and "labels" in inputs
+        # Trainer's own path would smooth an ensemble's averaged logits and knows no class weights.
+        own_loss = self.class_weights is not None or mixing or self.args.label_smoothing_factor > 0
+        if not own_loss or "labels" not in inputs:
             return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
         inputs = dict(inputs)
         labels = inputs.pop("labels")
+        if mixing:
+            inputs, partner, mix_weight = mix_batch(inputs, self.mixup_alpha)
         outputs = model(**inputs)
+        loss = self._classification_loss(outputs, labels)
+        if mixing:
+            loss = mix_weight * loss + (1 - mix_weight) * self._classification_loss(outputs, labels[partner])
+        return (loss, outputs) if return_outputs else loss
+
+    def _classification_loss(self, outputs, labels: torch.Tensor) -> torch.Tensor:
         logits = outputs["logits"] if isinstance(outputs, dict) else outputs[0]
-        weight = self.class_weights.to(logits.device)
+        weight = self.class_weights.to(logits.device) if self.class_weights is not None else None
+        smoothing = self.args.label_smoothing_factor
         member_logits = outputs.get("member_logits") if isinstance(outputs, dict) else None
         if member_logits is not None:
             # An ensemble in one model (EmotionCnn's ensemble_size): every member gets its own loss.
-            loss = member_cross_entropy(member_logits, labels, weight=weight)
-        else:
-            loss = torch.nn.functional.cross_entropy(logits.float(), labels, weight=weight)
-        return (loss, outputs) if return_outputs else loss
+            return member_cross_entropy(member_logits, labels, weight=weight, label_smoothing=smoothing)
+        return torch.nn.functional.cross_entropy(logits.float(), labels, weight=weight, label_smoothing=smoothing)
 
     def _get_train_sampler(self, train_dataset=None):
         if self.sample_weights is None:

@@ -83,7 +83,7 @@ def test_default_confidence_threshold_follows_the_bundled_models_coverage_curve(
 
 
 def test_card_describes_cv_candidates_by_their_difference_from_the_shipped_recipe(tmp_path):
-    from scripts.make_model_card import cv_table
+    from scripts.make_model_card import candidates_beating_sentence, cv_table, seed_rerun_sentence
 
     def candidate(name: str, accuracies: list[float], recipe: dict, **config) -> None:
         folds = [{"speakers": [], "accuracy": accuracy, "macro_f1": 0.5, "n": 10} for accuracy in accuracies]
@@ -94,12 +94,23 @@ def test_card_describes_cv_candidates_by_their_difference_from_the_shipped_recip
     candidate("a_old", [0.4, 0.5], {"max_duration_s": 2.5}, channels=[8], silence_threshold_db=None, ensemble_size=1)
     candidate("b_new", [0.6, 0.7], {"max_duration_s": 2.5}, channels=[8], silence_threshold_db=35, ensemble_size=1)
     candidate("c_long", [0.5, 0.5], {"max_duration_s": 4.0}, channels=[8], silence_threshold_db=35, ensemble_size=1)
-    rows, shipped = cv_table(tmp_path, {"channels": [8], "silence_threshold_db": 35, "ensemble_size": 5}, {"max_duration_s": 2.5})
+    candidate("d_mixup", [0.5, 0.6], {"max_duration_s": 2.5, "mixup_alpha": 0.4}, channels=[8], silence_threshold_db=35, ensemble_size=1)
+    candidate("e_seed", [0.7, 0.7], {"max_duration_s": 2.5, "seed": 1}, channels=[8], silence_threshold_db=35, ensemble_size=1)
+    # The shipped recipe records mixup_alpha (its default, 0.0); the older candidates predate the flag.
+    shipped_recipe = {"max_duration_s": 2.5, "mixup_alpha": 0.0, "seed": 42}  # 42: the default
+    shipped_config = {"channels": [8], "silence_threshold_db": 35, "ensemble_size": 5}
+    rows, shipped = cv_table(tmp_path, shipped_config, shipped_recipe)
     assert shipped == "b_new"
+    assert candidates_beating_sentence(tmp_path, shipped_config, shipped_recipe) == " No candidate's mean is above 0.660, so none was adopted."
+    # The seed-only re-run (0.700) is no candidate; means are compared at three decimals.
+    assert candidates_beating_sentence(tmp_path, shipped_config, shipped_recipe, margin=-0.2) == " Candidates with a mean above 0.450: c_long, d_mixup."
+    assert seed_rerun_sentence(tmp_path, shipped_config, shipped_recipe).startswith(" Re-running the shipped recipe with only the seed changed moved the mean (e_seed 0.700, +0.050)")
     assert rows == [
         "| a_old | `silence_threshold_db=null` (shipped: `35`) | 0.450 ± 0.050 | 0.400 / 0.500 | 0.500 |",
         "| b_new | the shipped recipe | 0.650 ± 0.050 | 0.600 / 0.700 | 0.500 |",
         "| c_long | `max_duration_s=4.0` (shipped: `2.5`) | 0.500 ± 0.050 | 0.500 / 0.500 | 0.500 |",
+        "| d_mixup | `mixup_alpha=0.4` (shipped: `0.0`) | 0.550 ± 0.050 | 0.500 / 0.600 | 0.500 |",
+        "| e_seed | `seed=1` (shipped: `42`): the shipped recipe re-run, not a candidate | 0.700 ± 0.050 | 0.700 / 0.700 | 0.500 |",
     ]
 
 

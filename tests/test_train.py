@@ -18,7 +18,7 @@ import pytest
 
 from ser.augment import AugmentConfig, add_noise, apply_gain, augment_waveform, speed_perturb
 from ser.predictor import EmotionClassifier
-from ser.training import ClipDataset, center_crop, class_weights, sample_weights
+from ser.training import ClipDataset, SerTrainer, center_crop, class_weights, mix_batch, sample_weights
 from tests.conftest import REPO_ROOT, SHARED_DATA, synth_clip, write_clip
 
 SIX = ["angry", "disgusted", "fearful", "happy", "neutral", "sad"]
@@ -93,7 +93,7 @@ def test_from_scratch_emotion_cnn_with_sampler_and_augmentation(tmp_path, audio_
     code = _run(
         audio_emotions_dir, output_dir,
         "--from_scratch", "emotion-cnn-small", "--max_steps", "2", "--class_balance", "sampler", "--speed_prob", "1.0",
-        "--eval_strategy", "no", "--save_strategy", "no",
+        "--mixup_alpha", "0.4", "--eval_strategy", "no", "--save_strategy", "no",
     )  # fmt: skip
     assert code == 0
     assert _read(output_dir / "config.json")["model_type"] == "emotion_cnn"
@@ -294,6 +294,65 @@ def test_shared_ravdess_two_steps(tmp_path, tiny_cnn_dir):
 def test_class_and_sample_weights_exact():
     assert class_weights([0, 0, 0, 1], 3).tolist() == pytest.approx([4 / 6, 2.0, 0.0])
     assert sample_weights([0, 0, 1]) == [0.5, 0.5, 1.0]
+
+
+def test_mix_batch_exact():
+    import torch
+
+    waveforms = torch.arange(12, dtype=torch.float32).reshape(3, 4)
+    attention_mask = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0], [1, 0, 0, 0]])
+    torch.manual_seed(0)
+    mixed, partner, weight = mix_batch({"input_values": waveforms, "attention_mask": attention_mask}, alpha=0.4)
+    assert sorted(partner.tolist()) == [0, 1, 2] and 0.5 <= weight <= 1.0
+    assert torch.allclose(mixed["input_values"], weight * waveforms + (1 - weight) * waveforms[partner])
+    for row, other in enumerate(partner.tolist()):  # a mixture lasts as long as its longer clip
+        assert mixed["attention_mask"][row].sum() == max(attention_mask[row].sum(), attention_mask[other].sum())
+    assert torch.equal(waveforms, torch.arange(12, dtype=torch.float32).reshape(3, 4))  # inputs untouched
+
+
+def test_mixup_only_while_training_and_alpha_checked(tmp_path, tiny_cnn_dir):
+    import torch
+    from transformers import AutoModelForAudioClassification, TrainingArguments
+
+    model = AutoModelForAudioClassification.from_pretrained(tiny_cnn_dir)
+    args = TrainingArguments(output_dir=str(tmp_path), report_to=[], use_cpu=True)
+    trainer = SerTrainer(model=model, args=args, mixup_alpha=0.4)
+    torch.manual_seed(0)
+    inputs = {"input_values": torch.randn(4, 8_000), "labels": torch.tensor([0, 1, 2, 3])}
+    model.eval()
+    plain = torch.nn.functional.cross_entropy(model(input_values=inputs["input_values"]).logits, inputs["labels"])
+    assert trainer.compute_loss(model, inputs).item() == pytest.approx(plain.item(), rel=1e-5)
+    model.train()  # dropout and SpecAugment draw from the same seeded generator in both computations
+    with torch.no_grad():
+        torch.manual_seed(1)
+        mixed, partner, weight = mix_batch(inputs, 0.4)
+        logits = model(input_values=mixed["input_values"]).logits
+        cross_entropy = torch.nn.functional.cross_entropy
+        expected = weight * cross_entropy(logits, inputs["labels"]) + (1 - weight) * cross_entropy(logits, inputs["labels"][partner])
+        torch.manual_seed(1)
+        assert trainer.compute_loss(model, inputs).item() == pytest.approx(expected.item(), rel=1e-5)
+        assert weight < 1.0 and abs(expected.item() - cross_entropy(logits, inputs["labels"]).item()) > 1e-4
+    with pytest.raises(ValueError, match="mixup_alpha must be >= 0"):
+        SerTrainer(model=model, args=args, mixup_alpha=-1.0)
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_label_smoothing_is_honoured_with_and_without_class_weights(tmp_path, tiny_cnn_dir, weighted):
+    import torch
+    from transformers import AutoModelForAudioClassification, TrainingArguments
+
+    model = AutoModelForAudioClassification.from_pretrained(tiny_cnn_dir).eval()
+    weights = torch.tensor([1.0, 2.0, 0.5, 1.0, 1.0, 3.0]) if weighted else None
+    args = TrainingArguments(output_dir=str(tmp_path), report_to=[], use_cpu=True, label_smoothing_factor=0.1)
+    trainer = SerTrainer(model=model, args=args, class_weights=weights)
+    torch.manual_seed(0)
+    inputs = {"input_values": torch.randn(4, 8_000), "labels": torch.tensor([0, 1, 2, 5])}
+    with torch.no_grad():
+        logits = model(input_values=inputs["input_values"]).logits
+        smoothed = torch.nn.functional.cross_entropy(logits, inputs["labels"], weight=weights, label_smoothing=0.1)
+        plain = torch.nn.functional.cross_entropy(logits, inputs["labels"], weight=weights)
+        loss = trainer.compute_loss(model, inputs).item()
+    assert loss == pytest.approx(smoothed.item(), rel=1e-5) and abs(loss - plain.item()) > 1e-3
 
 
 def test_dataset_crops_train_randomly_and_eval_centrally():

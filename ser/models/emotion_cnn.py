@@ -325,10 +325,15 @@ def speech_frames(log_mel: torch.Tensor, frame_mask: torch.Tensor, threshold_db:
     return (frame_energy >= loudest - threshold).to(frame_mask.dtype) * frame_mask
 
 
-def member_cross_entropy(member_logits: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+def member_cross_entropy(
+    member_logits: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor | None = None, label_smoothing: float = 0.0
+) -> torch.Tensor:
     """Mean over members of each member's own cross-entropy: members train independently (a deep
     ensemble), rather than as one averaged model whose members would co-adapt."""
     members = member_logits.shape[1]
     return nn.functional.cross_entropy(
-        member_logits.reshape(-1, member_logits.shape[-1]).float(), labels.repeat_interleave(members), weight=weight
+        member_logits.reshape(-1, member_logits.shape[-1]).float(),
+        labels.repeat_interleave(members),
+        weight=weight,
+        label_smoothing=label_smoothing,
     )
