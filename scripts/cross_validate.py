@@ -84,18 +84,16 @@ def recipe_arguments(train_config: dict) -> dict:
 
 def recipe_defaults() -> dict:
     """The defaults of train.py's recipe flags: a recipe recorded before a flag existed ran with its default."""
-    import dataclasses
+    from dataclasses import MISSING, fields
 
     from transformers import TrainingArguments
 
     import train  # the repo root is on sys.path: scripts run as ``python -m scripts.<name>`` from there
 
-    def defaults(arguments_class, keep) -> dict:
-        return {field.name: field.default for field in dataclasses.fields(arguments_class) if field.default is not dataclasses.MISSING and keep(field.name)}
+    def defaults(arguments_class) -> dict:
+        return {field.name: field.default for field in fields(arguments_class) if field.default is not MISSING}
 
-    return defaults(train.DataArguments, lambda name: name not in _NOT_RECIPE_DATA_KEYS) | defaults(
-        TrainingArguments, lambda name: name in RECIPE_TRAINING_KEYS
-    )
+    return recipe_arguments({"data": defaults(train.DataArguments), "training": defaults(TrainingArguments)})
 
 
 def pool_folds(fold_metrics: list[dict]) -> dict:

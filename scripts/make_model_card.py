@@ -95,18 +95,26 @@ def cv_candidates(model_dir: Path, model_config: Mapping, recipe: Mapping) -> li
     return candidates
 
 
-def cv_table(model_dir: Path, model_config: Mapping, recipe: Mapping) -> tuple[list[str], str | None]:
-    """Markdown rows for cv/*.json, and the name of the candidate the shipped model was trained as.
+def _is_seed_rerun(differences: Mapping) -> bool:
+    return set(differences) == {"seed"}
 
-    A candidate is described by how it differs from the shipped recipe (``cv_candidates``); one that
-    differs only by its seed is marked as a re-run.
+
+def _shipped_mean(candidates: list[tuple[str, dict, dict]]) -> float | None:
+    return next((cv["mean_accuracy"] for _, cv, differences in candidates if not differences), None)
+
+
+def cv_table(candidates: list[tuple[str, dict, dict]]) -> tuple[list[str], str | None]:
+    """Markdown rows for ``cv_candidates``, and the name of the candidate the shipped model was trained as.
+
+    A candidate is described by how it differs from the shipped recipe; one that differs only by its
+    seed is marked as a re-run.
     """
     rows, shipped = [], None
-    for name, cv, differences in cv_candidates(model_dir, model_config, recipe):
+    for name, cv, differences in candidates:
         if not differences:
             shipped = name
         settings = ", ".join(f"`{key}={json.dumps(value)}` (shipped: `{json.dumps(current)}`)" for key, (value, current) in differences.items())
-        if set(differences) == {"seed"}:
+        if _is_seed_rerun(differences):
             settings += ": the shipped recipe re-run, not a candidate"
         folds = " / ".join(f"{fold['accuracy']:.3f}" for fold in cv["folds"])
         rows.append(
@@ -116,31 +124,33 @@ def cv_table(model_dir: Path, model_config: Mapping, recipe: Mapping) -> tuple[l
     return rows, shipped
 
 
-def candidates_beating_sentence(model_dir: Path, model_config: Mapping, recipe: Mapping, margin: float = 0.01) -> str:
+def candidates_beating_sentence(candidates: list[tuple[str, dict, dict]], margin: float = 0.01) -> str:
     """Which candidates beat the shipped recipe's CV mean by more than ``margin`` (the adoption rule).
 
     Means are compared as the table shows them (three decimals), as the rule was written down:
     e.g. "above 0.549" for a shipped 0.539.
     """
-    candidates = cv_candidates(model_dir, model_config, recipe)
-    shipped = [round(cv["mean_accuracy"], 3) for _, cv, differences in candidates if not differences]
-    if not shipped:
+    shipped = _shipped_mean(candidates)
+    if shipped is None:
         return ""
-    threshold = round(shipped[0] + margin, 3)
-    winners = [name for name, cv, differences in candidates if set(differences) - {"seed"} and round(cv["mean_accuracy"], 3) > threshold]
+    threshold = round(round(shipped, 3) + margin, 3)
+    winners = [
+        name
+        for name, cv, differences in candidates
+        if differences and not _is_seed_rerun(differences) and round(cv["mean_accuracy"], 3) > threshold
+    ]
     if not winners:
         return f" No candidate's mean is above {threshold:.3f}, so none was adopted."
     return f" Candidates with a mean above {threshold:.3f}: {', '.join(winners)}."
 
 
-def seed_rerun_sentence(model_dir: Path, model_config: Mapping, recipe: Mapping) -> str:
+def seed_rerun_sentence(candidates: list[tuple[str, dict, dict]]) -> str:
     """How far the CV mean moved when only the seed changed: the resolution of comparisons in the table."""
-    candidates = cv_candidates(model_dir, model_config, recipe)
-    shipped = [cv["mean_accuracy"] for _, cv, differences in candidates if not differences]
-    reruns = [(name, cv["mean_accuracy"]) for name, cv, differences in candidates if set(differences) == {"seed"}]
-    if not shipped or not reruns:
+    shipped = _shipped_mean(candidates)
+    reruns = [(name, cv["mean_accuracy"]) for name, cv, differences in candidates if _is_seed_rerun(differences)]
+    if shipped is None or not reruns:
         return ""
-    gaps = ", ".join(f"{name} {mean:.3f}, {mean - shipped[0]:+.3f}" for name, mean in reruns)
+    gaps = ", ".join(f"{name} {mean:.3f}, {mean - shipped:+.3f}" for name, mean in reruns)
     return (
         f" Re-running the shipped recipe with only the seed changed moved the mean ({gaps}), so"
         " differences of that size between candidates are within chance."
@@ -189,9 +199,9 @@ def render_model_card(model_dir: Path = BUNDLED_MODEL_DIR) -> str:
     weights_mb = (model_dir / "model.safetensors").stat().st_size / 1e6
     parameters = count_parameters(model_dir)
     architecture = describe_architecture(model_config)
-    shipped_recipe = recipe_config(model_config), recipe_arguments(train_config)
-    cv_rows, shipped_candidate = cv_table(model_dir, *shipped_recipe)
-    cv_sentences = candidates_beating_sentence(model_dir, *shipped_recipe) + seed_rerun_sentence(model_dir, *shipped_recipe)
+    candidates = cv_candidates(model_dir, recipe_config(model_config), recipe_arguments(train_config))
+    cv_rows, shipped_candidate = cv_table(candidates)
+    cv_sentences = candidates_beating_sentence(candidates) + seed_rerun_sentence(candidates)
     ravdess, emovo = evaluations["ravdess-actors-21-24"], evaluations["emovo"]
     labels = ravdess["labels"]
 

@@ -192,10 +192,10 @@ class SerTrainer(Trainer):
         self.model_card = model_card
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        mixing = self.mixup_alpha > 0 and model.training and "labels" in inputs
+        mixing = self.mixup_alpha > 0 and model.training
         # Trainer's own path would smooth an ensemble's averaged logits and knows no class weights.
         own_loss = self.class_weights is not None or mixing or self.args.label_smoothing_factor > 0
-        if not own_loss or "labels" not in inputs:
+        if "labels" not in inputs or not own_loss:
             return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
         inputs = dict(inputs)
         labels = inputs.pop("labels")

@@ -83,7 +83,7 @@ def test_default_confidence_threshold_follows_the_bundled_models_coverage_curve(
 
 
 def test_card_describes_cv_candidates_by_their_difference_from_the_shipped_recipe(tmp_path):
-    from scripts.make_model_card import candidates_beating_sentence, cv_table, seed_rerun_sentence
+    from scripts.make_model_card import candidates_beating_sentence, cv_candidates, cv_table, seed_rerun_sentence
 
     def candidate(name: str, accuracies: list[float], recipe: dict, **config) -> None:
         folds = [{"speakers": [], "accuracy": accuracy, "macro_f1": 0.5, "n": 10} for accuracy in accuracies]
@@ -99,12 +99,13 @@ def test_card_describes_cv_candidates_by_their_difference_from_the_shipped_recip
     # The shipped recipe records mixup_alpha (its default, 0.0); the older candidates predate the flag.
     shipped_recipe = {"max_duration_s": 2.5, "mixup_alpha": 0.0, "seed": 42}  # 42: the default
     shipped_config = {"channels": [8], "silence_threshold_db": 35, "ensemble_size": 5}
-    rows, shipped = cv_table(tmp_path, shipped_config, shipped_recipe)
+    candidates = cv_candidates(tmp_path, shipped_config, shipped_recipe)
+    rows, shipped = cv_table(candidates)
     assert shipped == "b_new"
-    assert candidates_beating_sentence(tmp_path, shipped_config, shipped_recipe) == " No candidate's mean is above 0.660, so none was adopted."
+    assert candidates_beating_sentence(candidates) == " No candidate's mean is above 0.660, so none was adopted."
     # The seed-only re-run (0.700) is no candidate; means are compared at three decimals.
-    assert candidates_beating_sentence(tmp_path, shipped_config, shipped_recipe, margin=-0.2) == " Candidates with a mean above 0.450: c_long, d_mixup."
-    assert seed_rerun_sentence(tmp_path, shipped_config, shipped_recipe).startswith(" Re-running the shipped recipe with only the seed changed moved the mean (e_seed 0.700, +0.050)")
+    assert candidates_beating_sentence(candidates, margin=-0.2) == " Candidates with a mean above 0.450: c_long, d_mixup."
+    assert seed_rerun_sentence(candidates).startswith(" Re-running the shipped recipe with only the seed changed moved the mean (e_seed 0.700, +0.050)")
     assert rows == [
         "| a_old | `silence_threshold_db=null` (shipped: `35`) | 0.450 ± 0.050 | 0.400 / 0.500 | 0.500 |",
         "| b_new | the shipped recipe | 0.650 ± 0.050 | 0.600 / 0.700 | 0.500 |",
@@ -116,8 +117,8 @@ def test_card_describes_cv_candidates_by_their_difference_from_the_shipped_recip
 
 def test_bundled_model_recipe_is_one_of_its_cross_validated_candidates():
     from scripts.cross_validate import recipe_arguments, recipe_config
-    from scripts.make_model_card import cv_table
+    from scripts.make_model_card import cv_candidates, cv_table
 
     config, train_config = (json.loads((BUNDLED_MODEL_DIR / name).read_text()) for name in ("config.json", "train_config.json"))
-    _, shipped = cv_table(BUNDLED_MODEL_DIR, recipe_config(config), recipe_arguments(train_config))
+    _, shipped = cv_table(cv_candidates(BUNDLED_MODEL_DIR, recipe_config(config), recipe_arguments(train_config)))
     assert shipped is not None, "the shipped model matches no models/ser-ravdess/cv/*.json: run scripts/cross_validate_recipes.sh"

@@ -310,13 +310,19 @@ def test_mix_batch_exact():
     assert torch.equal(waveforms, torch.arange(12, dtype=torch.float32).reshape(3, 4))  # inputs untouched
 
 
-def test_mixup_only_while_training_and_alpha_checked(tmp_path, tiny_cnn_dir):
-    import torch
+def _tiny_trainer(tmp_path: Path, model_dir: Path, label_smoothing_factor: float = 0.0, **trainer_kwargs) -> SerTrainer:
     from transformers import AutoModelForAudioClassification, TrainingArguments
 
-    model = AutoModelForAudioClassification.from_pretrained(tiny_cnn_dir)
-    args = TrainingArguments(output_dir=str(tmp_path), report_to=[], use_cpu=True)
-    trainer = SerTrainer(model=model, args=args, mixup_alpha=0.4)
+    model = AutoModelForAudioClassification.from_pretrained(model_dir)
+    args = TrainingArguments(output_dir=str(tmp_path), report_to=[], use_cpu=True, label_smoothing_factor=label_smoothing_factor)
+    return SerTrainer(model=model, args=args, **trainer_kwargs)
+
+
+def test_mixup_only_while_training_and_alpha_checked(tmp_path, tiny_cnn_dir):
+    import torch
+
+    trainer = _tiny_trainer(tmp_path, tiny_cnn_dir, mixup_alpha=0.4)
+    model = trainer.model
     torch.manual_seed(0)
     inputs = {"input_values": torch.randn(4, 8_000), "labels": torch.tensor([0, 1, 2, 3])}
     model.eval()
@@ -333,18 +339,16 @@ def test_mixup_only_while_training_and_alpha_checked(tmp_path, tiny_cnn_dir):
         assert trainer.compute_loss(model, inputs).item() == pytest.approx(expected.item(), rel=1e-5)
         assert weight < 1.0 and abs(expected.item() - cross_entropy(logits, inputs["labels"]).item()) > 1e-4
     with pytest.raises(ValueError, match="mixup_alpha must be >= 0"):
-        SerTrainer(model=model, args=args, mixup_alpha=-1.0)
+        SerTrainer(model=model, args=trainer.args, mixup_alpha=-1.0)
 
 
 @pytest.mark.parametrize("weighted", [False, True])
 def test_label_smoothing_is_honoured_with_and_without_class_weights(tmp_path, tiny_cnn_dir, weighted):
     import torch
-    from transformers import AutoModelForAudioClassification, TrainingArguments
 
-    model = AutoModelForAudioClassification.from_pretrained(tiny_cnn_dir).eval()
     weights = torch.tensor([1.0, 2.0, 0.5, 1.0, 1.0, 3.0]) if weighted else None
-    args = TrainingArguments(output_dir=str(tmp_path), report_to=[], use_cpu=True, label_smoothing_factor=0.1)
-    trainer = SerTrainer(model=model, args=args, class_weights=weights)
+    trainer = _tiny_trainer(tmp_path, tiny_cnn_dir, label_smoothing_factor=0.1, class_weights=weights)
+    model = trainer.model.eval()
     torch.manual_seed(0)
     inputs = {"input_values": torch.randn(4, 8_000), "labels": torch.tensor([0, 1, 2, 5])}
     with torch.no_grad():
