@@ -96,6 +96,17 @@ def recipe_defaults() -> dict:
     return recipe_arguments({"data": defaults(train.DataArguments), "training": defaults(TrainingArguments)})
 
 
+def model_config_defaults(model_type: str | None) -> dict:
+    """The defaults of a model type's config: a config saved before an option existed loads with its default."""
+    if model_type is None:
+        return {}
+    from transformers import AutoConfig
+
+    import ser.models  # noqa: F401  (registers emotion_cnn with the Auto classes)
+
+    return recipe_config(AutoConfig.for_model(model_type).to_dict())
+
+
 def pool_folds(fold_metrics: list[dict]) -> dict:
     """Per-fold scores plus their mean/std and the accuracy over all held-out clips together."""
     accuracies = np.array([metrics["accuracy"] for metrics in fold_metrics])

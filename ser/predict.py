@@ -4,7 +4,11 @@
     python -m ser.predict --inputs filelist.txt --output preds.csv --shard_index 0 --num_shards 4
 
 ``--inputs`` is a folder (searched recursively for audio files) or a text file with one path per
-line. The CSV has ``path,label,confidence`` and one probability column per class. Runs on the
+line. The CSV has ``path,label,confidence,uncertain,quality`` and one probability column per class:
+``uncertain`` is the app's confidence rule (``ser.quality.decide``) and ``quality`` the problems the
+app's quality gate finds (``ser.quality.assess_quality``: codes such as ``no_speech``, joined by
+``;``, empty when the clip is usable). Every decodable file is still scored, so the columns say
+which answers the app would have refused or flagged without losing them. Runs on the
 fast backend (``--backend`` / ``$SER_BACKEND``), decodes the next batch while the model runs,
 appends after every batch and skips paths already in the CSV, so an interrupted run resumes where
 it stopped. Files that cannot be used are listed in ``<output>.errors.csv`` instead of stopping the run.
@@ -26,6 +30,7 @@ import numpy as np
 from .audio import AudioError, load_audio
 from .backends import BACKEND_ENV_VAR, BACKENDS
 from .predictor import EmotionClassifier
+from .quality import DEFAULT_CONFIDENCE_THRESHOLD, QualityConfig, assess_quality, decide
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +56,12 @@ class PredictArguments:
     )
     max_duration_s: float | None = field(default=None, metadata={"help": "List longer files as errors instead of scoring them."})
     decode_workers: int = field(default=2, metadata={"help": "Threads decoding audio while the model runs."})
+    confidence_threshold: float = field(
+        default=DEFAULT_CONFIDENCE_THRESHOLD, metadata={"help": "Top probability below this is marked uncertain (the app's rule)."}
+    )
+    quality_check: bool = field(
+        default=True, metadata={"help": "Run the app's quality gate (VAD, level, clipping) on every file and fill the quality column."}
+    )
 
 
 def list_inputs(inputs: str | os.PathLike) -> list[str]:
@@ -112,11 +123,25 @@ class _AppendingCsv:
         self.handle.close()
 
 
-def _decode(path: str, sample_rate: int, max_duration_s: float | None) -> np.ndarray | AudioError:
+#: The app's gate without its length limit: long files are scored whole here (``--max_duration_s`` refuses them).
+BATCH_QUALITY_CONFIG = QualityConfig(max_duration_s=None)
+
+
+@dataclass(frozen=True)
+class _Decoded:
+    audio: np.ndarray
+    quality: str  # ";"-joined problem codes, "" when usable or not checked
+
+
+def _decode(path: str, sample_rate: int, max_duration_s: float | None, quality_check: bool) -> _Decoded | AudioError:
+    """Decode (and check) in a worker thread, so both overlap with the model."""
     try:
-        return load_audio(path, sample_rate, max_duration_s)
+        audio = load_audio(path, sample_rate, max_duration_s)
     except AudioError as error:
         return error
+    if not quality_check:
+        return _Decoded(audio, "")
+    return _Decoded(audio, ";".join(assess_quality(audio, sample_rate, BATCH_QUALITY_CONFIG).codes))
 
 
 def _batches(paths: list[str], batch_size: int) -> Iterator[list[str]]:
@@ -153,11 +178,13 @@ def predict_files(
     max_duration_s: float | None = None,
     decode_workers: int = 2,
     progress: bool = True,
+    confidence_threshold: float = DEFAULT_CONFIDENCE_THRESHOLD,
+    quality_check: bool = True,
 ) -> tuple[int, int, int]:
     """Classify ``paths`` into ``output`` (resuming); returns (written, skipped as done, failed)."""
     from tqdm.auto import tqdm
 
-    header = ["path", "label", "confidence", *classifier.labels]
+    header = ["path", "label", "confidence", "uncertain", "quality", *classifier.labels]
     done = read_done(output, header) | read_done(errors_output)
     todo = [path for path in paths if path not in done]
     skipped = len(paths) - len(todo)
@@ -173,22 +200,24 @@ def predict_files(
         ) as bar:
 
             def submit(batch: list[str]) -> list[Future]:
-                return [pool.submit(_decode, path, classifier.sample_rate, max_duration_s) for path in batch]
+                return [pool.submit(_decode, path, classifier.sample_rate, max_duration_s, quality_check) for path in batch]
 
             pending = submit(batches[0]) if batches else []
             for index, batch in enumerate(batches):
                 decoded = [future.result() for future in pending]
                 # Decode the next batch while this one runs through the model.
                 pending = submit(batches[index + 1]) if index + 1 < len(batches) else []
-                good = [(path, audio) for path, audio in zip(batch, decoded) if not isinstance(audio, AudioError)]
-                bad = [[path, type(audio).__name__, str(audio)] for path, audio in zip(batch, decoded) if isinstance(audio, AudioError)]
-                predictions, unusable = _classify(classifier, good)
+                good = {path: item for path, item in zip(batch, decoded) if not isinstance(item, AudioError)}
+                bad = [[path, type(item).__name__, str(item)] for path, item in zip(batch, decoded) if isinstance(item, AudioError)]
+                predictions, unusable = _classify(classifier, [(path, item.audio) for path, item in good.items()])
                 bad += unusable
-                rows = [
-                    [path, prediction.label, f"{prediction.confidence:.6f}"]
-                    + [f"{prediction.probabilities[label]:.6f}" for label in classifier.labels]
-                    for path, prediction in predictions
-                ]
+                rows = []
+                for path, prediction in predictions:
+                    answer = decide(prediction.probabilities, confidence_threshold)
+                    rows.append(
+                        [path, answer.label, f"{answer.confidence:.6f}", str(answer.uncertain).lower(), good[path].quality]
+                        + [f"{answer.probabilities[label]:.6f}" for label in classifier.labels]
+                    )
                 predictions_csv.write(rows)
                 if bad:
                     if errors_csv is None:
@@ -219,12 +248,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    if not 0.0 <= args.confidence_threshold <= 1.0:
+        print(f"error: --confidence_threshold must be between 0 and 1, got {args.confidence_threshold}", file=sys.stderr)
+        return 2
     output = shard_output_path(Path(args.output), shard_index, num_shards)
     errors_output = Path(args.errors) if args.errors else output.with_name(output.stem + ".errors.csv")
     classifier = EmotionClassifier.from_pretrained(args.model, backend=args.backend)
     try:
         written, skipped, failed = predict_files(
-            classifier, paths, output, errors_output, args.batch_size, args.max_duration_s, args.decode_workers
+            classifier,
+            paths,
+            output,
+            errors_output,
+            args.batch_size,
+            args.max_duration_s,
+            args.decode_workers,
+            confidence_threshold=args.confidence_threshold,
+            quality_check=args.quality_check,
         )
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)

@@ -156,6 +156,18 @@ def tiny_tdnn_dir(tmp_path_factory) -> Path:
     return _save_tiny(config, tmp_path_factory.mktemp("tiny_tdnn"))
 
 
+@pytest.fixture(scope="session")
+def tiny_pitch_tdnn_dir(tmp_path_factory) -> Path:
+    """``tiny_tdnn_dir`` with the pitch channels on (argmax and gather in the graph)."""
+    from ser.models.presets import config_from_spec
+
+    config = config_from_spec("emotion-tdnn-ensemble")
+    config.channels = [16, 16]
+    config.ensemble_size = 2
+    config.pitch_features = True
+    return _save_tiny(config, tmp_path_factory.mktemp("tiny_pitch_tdnn"))
+
+
 @pytest.fixture(scope="module")
 def ungated_server_url(tiny_cnn_dir, tmp_path_factory):
     """``python app.py`` on the tiny CNN with the quality gate off and threshold 0 (every clip gets a

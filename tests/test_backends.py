@@ -36,7 +36,7 @@ def _long_clips() -> list[np.ndarray]:
     return [clip for clip in _clips() if len(clip) >= 1_600]
 
 
-@pytest.mark.parametrize("model_copy", ["tiny_wav2vec2_dir", "tiny_cnn_dir", "tiny_tdnn_dir"], indirect=True)
+@pytest.mark.parametrize("model_copy", ["tiny_wav2vec2_dir", "tiny_cnn_dir", "tiny_tdnn_dir", "tiny_pitch_tdnn_dir"], indirect=True)
 def test_fast_backends_agree_with_torch(model_copy):
     is_cnn = json.loads((model_copy / "config.json").read_text())["model_type"] == "emotion_cnn"
     clips = _clips() if is_cnn else _long_clips()

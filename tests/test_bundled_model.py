@@ -83,7 +83,7 @@ def test_default_confidence_threshold_follows_the_bundled_models_coverage_curve(
 
 
 def test_card_describes_cv_candidates_by_their_difference_from_the_shipped_recipe(tmp_path):
-    from scripts.make_model_card import candidates_beating_sentence, cv_candidates, cv_table, seed_rerun_sentence
+    from scripts.make_model_card import candidates_beating_sentence, cv_candidates, cv_table, seed_averaged_sentence, seed_rerun_sentence
 
     def candidate(name: str, accuracies: list[float], recipe: dict, **config) -> None:
         folds = [{"speakers": [], "accuracy": accuracy, "macro_f1": 0.5, "n": 10} for accuracy in accuracies]
@@ -113,6 +113,32 @@ def test_card_describes_cv_candidates_by_their_difference_from_the_shipped_recip
         "| d_mixup | `mixup_alpha=0.4` (shipped: `0.0`) | 0.550 ± 0.050 | 0.500 / 0.600 | 0.500 |",
         "| e_seed | `seed=1` (shipped: `42`): the shipped recipe re-run, not a candidate | 0.700 ± 0.050 | 0.700 / 0.700 | 0.500 |",
     ]
+    assert seed_averaged_sentence(candidates) == ""  # no candidate was run at two seeds
+
+    # A candidate at two seeds: judged by its average against the shipped runs' average (0.675) + 0.02.
+    candidate("f_wide", [0.7, 0.72], {"max_duration_s": 2.5}, channels=[16], silence_threshold_db=35, ensemble_size=1)
+    candidate("g_wide_seed", [0.65, 0.67], {"max_duration_s": 2.5, "seed": 1}, channels=[16], silence_threshold_db=35, ensemble_size=1)
+    candidates = cv_candidates(tmp_path, shipped_config, shipped_recipe)
+    # f_wide alone (0.710) is above 0.660, but a candidate with two seeds is judged on its average.
+    assert candidates_beating_sentence(candidates) == " No candidate's mean is above 0.660, so none was adopted."
+    assert seed_averaged_sentence(candidates) == (
+        " A candidate run at several seeds is adopted only if its average is above the shipped recipe's runs'"
+        " (b_new, e_seed: 0.675) plus 0.02, 0.695. f_wide and g_wide_seed (one setting at 2 seeds) average 0.685:"
+        " not above it, so it was not adopted."
+    )
+    assert seed_averaged_sentence(candidates, margin=0.0).endswith("average 0.685: above it.")
+
+
+def test_cv_candidates_read_settings_missing_from_a_config_as_their_defaults(tmp_path):
+    from scripts.make_model_card import cv_candidates
+
+    (tmp_path / "cv").mkdir()
+    for name, extra in (("same", {"pitch_features": False}), ("pitch", {"pitch_features": True})):
+        cv = {"folds": [], "mean_accuracy": 0.5, "model_config": {"model_type": "emotion_cnn", "channels": [8], **extra}, "recipe": {}}
+        (tmp_path / "cv" / f"{name}.json").write_text(json.dumps(cv))
+    # The shipped config.json predates pitch_features: it loads with the default, False.
+    differences = {name: found for name, _, found in cv_candidates(tmp_path, {"model_type": "emotion_cnn", "channels": [8]}, {})}
+    assert differences == {"pitch": {"pitch_features": (True, False)}, "same": {}}
 
 
 def test_bundled_model_recipe_is_one_of_its_cross_validated_candidates():

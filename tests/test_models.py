@@ -164,3 +164,64 @@ def test_silence_threshold_is_validated():
         _config(1, silence_threshold_db=0.0)
     with pytest.raises(ValueError, match="needs encoder_type 'tdnn'"):
         EmotionCnnConfig(encoder_type="cnn2d", silence_threshold_db=35.0)
+
+
+def _pitch_channels(waveform: np.ndarray, frame_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """The pitch tracker's ``(3, frames)`` output for a 16 kHz clip, on the bundled frontend (64 ms window)."""
+    from ser.models.emotion_cnn import LogMelFrontend, PitchTracker
+
+    config = _config(1, n_fft=1024, num_mel_bins=128, pitch_features=True)
+    power = LogMelFrontend(config).power_spectrum(torch.from_numpy(waveform.astype(np.float32))[None])
+    if frame_mask is None:
+        frame_mask = torch.ones(1, 1, power.shape[-1])
+    return PitchTracker(config)(power, frame_mask)[0]
+
+
+def _sawtooth(pitch_hz: np.ndarray | float, duration_s: float = 1.0) -> np.ndarray:
+    pitch_hz = np.broadcast_to(pitch_hz, (int(16_000 * duration_s),))
+    phase = 2 * np.pi * np.cumsum(pitch_hz) / 16_000
+    return sum(np.sin(k * phase) / k for k in range(1, 20))
+
+
+@pytest.mark.parametrize("pitch_hz", [65.0, 120.0, 200.0, 450.0])
+def test_pitch_tracker_finds_the_pitch_of_a_harmonic_tone(pitch_hz):
+    periodicity, pitch, intonation = _pitch_channels(_sawtooth(pitch_hz))
+    assert periodicity.min() > 0.95
+    # Within one grid step (a quarter semitone) on every frame, no octave errors; a steady tone has no intonation.
+    assert (12 * (pitch - np.log2(pitch_hz / 150.0))).abs().max() < 0.25
+    assert intonation.abs().max() < 1e-5
+
+
+def test_pitch_tracker_calls_noise_unvoiced_and_masked_frames_empty():
+    noise = np.random.default_rng(0).standard_normal(16_000)
+    periodicity, pitch, intonation = _pitch_channels(noise)
+    assert periodicity.mean() < 0.45 and (pitch == 0).all() and (intonation == 0).all()
+    tone = _sawtooth(200.0)
+    frames = _pitch_channels(tone).shape[-1]
+    mask = torch.ones(1, 1, frames)
+    mask[..., frames // 2 :] = 0
+    masked = _pitch_channels(tone, mask)
+    assert (masked[:, frames // 2 :] == 0).all() and (masked[1, : frames // 2] != 0).all()
+
+
+def test_intonation_is_pitch_relative_to_the_voiced_mean():
+    # An octave glide, 100 -> 200 Hz: intonation rises by an octave and averages zero over the voiced frames.
+    glide = _sawtooth(100.0 * 2 ** np.linspace(0, 1, 16_000))
+    _, pitch, intonation = _pitch_channels(glide)
+    voiced = pitch != 0
+    assert voiced.all()
+    assert abs(float(intonation.mean())) < 1e-5
+    assert abs(float(intonation[-1] - intonation[0]) - 0.9) < 0.1  # the frames span ~0.93 of the second
+    assert (intonation.diff() >= -1e-6).all()
+    torch.testing.assert_close(intonation, pitch - pitch.mean())
+
+
+def test_pitch_features_are_validated():
+    with pytest.raises(ValueError, match="pitch_features needs encoder_type 'tdnn'"):
+        EmotionCnnConfig(encoder_type="cnn2d", pitch_features=True)
+    with pytest.raises(ValueError, match="pitch_features needs n_fft"):
+        EmotionCnnForAudioClassification(_config(1, pitch_features=True))  # a 25 ms window holds too few periods
+    model = EmotionCnnForAudioClassification(_config(2, n_fft=1024, num_mel_bins=32, pitch_features=True)).eval()
+    values, mask = _batch()
+    with torch.no_grad():
+        assert model(input_values=values, attention_mask=mask).logits.shape == (3, len(LABELS))

@@ -13,6 +13,7 @@ from conftest import REPO_ROOT, synth_clip, write_clip
 
 from ser.predict import list_inputs, main, shard, shard_output_path
 from ser.predictor import EmotionClassifier
+from ser.quality import DEFAULT_CONFIDENCE_THRESHOLD
 
 
 def _read(path: Path) -> list[dict[str, str]]:
@@ -37,7 +38,7 @@ def test_predicts_folder_to_csv_and_lists_bad_files(tiny_cnn_dir, clips_dir, tmp
     assert code == 0
     rows = _read(output)
     classifier = EmotionClassifier.from_pretrained(tiny_cnn_dir, backend="torch")
-    assert list(rows[0]) == ["path", "label", "confidence", *classifier.labels]
+    assert list(rows[0]) == ["path", "label", "confidence", "uncertain", "quality", *classifier.labels]
     good = sorted(str(path) for path in clips_dir.rglob("clip*.wav"))
     assert sorted(row["path"] for row in rows) == good
     for row in rows:
@@ -45,6 +46,7 @@ def test_predicts_folder_to_csv_and_lists_bad_files(tiny_cnn_dir, clips_dir, tmp
         assert probabilities.sum() == pytest.approx(1.0, abs=1e-5)
         assert row["label"] == classifier.labels[int(probabilities.argmax())]
         assert float(row["confidence"]) == pytest.approx(probabilities.max(), abs=1e-6)
+        assert row["uncertain"] == str(float(row["confidence"]) < DEFAULT_CONFIDENCE_THRESHOLD).lower()
         # Same answer as the torch reference, file by file.
         expected = classifier.classify_file(row["path"])
         np.testing.assert_allclose(probabilities, [expected.probabilities[label] for label in classifier.labels], atol=1e-4)
@@ -105,3 +107,28 @@ def test_command_line(tiny_cnn_dir, clips_dir, tmp_path):
     assert result.returncode == 0, result.stderr
     assert "5 predictions written" in result.stdout and "2 files failed" in result.stdout
     assert len(_read(output)) == 5
+
+
+def test_quality_and_uncertain_columns_follow_the_apps_rules(tiny_cnn_dir, espeak_speech, tmp_path):
+    import librosa
+
+    speech, sample_rate = espeak_speech("I told you to leave the door open.")
+    speech = librosa.resample(speech, orig_sr=sample_rate, target_sr=16_000)
+    root = tmp_path / "clips"
+    write_clip(root / "speech.wav", speech)
+    write_clip(root / "silent.wav", np.zeros(32_000, dtype=np.float32))
+    write_clip(root / "clipped.wav", np.clip(speech * 50, -1, 1))
+    output = tmp_path / "preds.csv"
+    arguments = ["--model", str(tiny_cnn_dir), "--inputs", str(root), "--output", str(output), "--backend", "onnx"]
+    # Threshold 1: every answer is uncertain (only a probability of exactly 1 is certain).
+    assert main(arguments + ["--confidence_threshold", "1.0"]) == 0
+    rows = {Path(row["path"]).name: row for row in _read(output)}
+    assert {name: row["quality"] for name, row in rows.items()} == {"speech.wav": "", "silent.wav": "silent", "clipped.wav": "clipped"}
+    assert {row["uncertain"] for row in rows.values()} == {"true"}
+    # Scored all the same: the columns flag, they do not drop.
+    assert all(float(row["confidence"]) > 0 for row in rows.values())
+
+    unchecked = tmp_path / "unchecked.csv"
+    assert main(arguments[:-4] + ["--output", str(unchecked), "--backend", "onnx", "--quality_check", "false", "--confidence_threshold", "0"]) == 0
+    assert {(row["quality"], row["uncertain"]) for row in _read(unchecked)} == {("", "false")}
+    assert main(arguments + ["--output", str(tmp_path / "x.csv"), "--confidence_threshold", "1.5"]) == 2

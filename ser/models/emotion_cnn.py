@@ -45,6 +45,7 @@ class EmotionCnnConfig(PretrainedConfig):
         append_utterance_spectrum: bool = False,
         ensemble_size: int = 1,
         silence_threshold_db: float | None = None,
+        pitch_features: bool = False,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -78,6 +79,11 @@ class EmotionCnnConfig(PretrainedConfig):
         # Frames this many dB below the clip's loudest frame are silence: left out of the normalisation
         # statistics and the pooling, so how much silence surrounds the speech does not change the answer.
         self.silence_threshold_db = silence_threshold_db
+        if pitch_features and encoder_type != "tdnn":
+            raise ValueError("pitch_features needs encoder_type 'tdnn' (they are extra input channels per frame).")
+        # Three pitch channels per frame beside the log-mel (see PitchTracker): a mel filterbank blurs
+        # the harmonics that carry intonation, which is most of what emotion adds to a voice.
+        self.pitch_features = pitch_features
 
 
 class LogMelFrontend(nn.Module):
@@ -104,12 +110,85 @@ class LogMelFrontend(nn.Module):
     def num_frames(self, num_samples: torch.Tensor) -> torch.Tensor:
         return torch.div(num_samples - self.n_fft, self.hop_length, rounding_mode="floor").clamp(min=0) + 1
 
-    def forward(self, waveform: torch.Tensor) -> torch.Tensor:
+    def power_spectrum(self, waveform: torch.Tensor) -> torch.Tensor:
+        """``(batch, samples)`` -> ``(batch, n_fft // 2 + 1, frames)``."""
         padded = nn.functional.pad(waveform, (0, max(0, self.n_fft - waveform.shape[-1])))
         spectrum = nn.functional.conv1d(padded.unsqueeze(1), self.dft_kernel, stride=self.hop_length)
         real, imaginary = spectrum.chunk(2, dim=1)
-        power = real.square() + imaginary.square()
+        return real.square() + imaginary.square()
+
+    def log_mel(self, power: torch.Tensor) -> torch.Tensor:
         return torch.log(torch.matmul(self.mel_filters, power) + 1e-6)
+
+    def forward(self, waveform: torch.Tensor) -> torch.Tensor:
+        return self.log_mel(self.power_spectrum(waveform))
+
+
+class PitchTracker(nn.Module):
+    """Per-frame pitch from the frontend's power spectrum: ``(batch, bins, frames)`` -> ``(batch, 3, frames)``.
+
+    The autocorrelation is the inverse DFT of the power spectrum (Wiener-Khinchin), evaluated on a
+    log-spaced grid of candidate periods and divided by the analysis window's own autocorrelation,
+    as in Boersma (1993) / Praat. Channels: periodicity (the normalised autocorrelation at the chosen
+    period, ~1 for a steady vowel, low for noise), log2(F0 / 150 Hz), and log2 F0 minus its mean over
+    the utterance's voiced frames (intonation, free of the speaker's pitch level); both pitch channels
+    are 0 on unvoiced frames. Fixed buffers, no weights: it exports to ONNX with the rest.
+    """
+
+    CHANNELS = 3  # periodicity, pitch, intonation
+    #: Adult speech, low male to high female voices; not tuned here.
+    MIN_PITCH_HZ = 60.0
+    MAX_PITCH_HZ = 500.0
+    STEPS_PER_SEMITONE = 4
+    #: Praat's defaults (``To Pitch (ac)``), not tuned here.
+    VOICING_THRESHOLD = 0.45
+    OCTAVE_COST = 0.01  # per octave, favours the higher of two candidates an octave apart
+    REFERENCE_PITCH_HZ = 150.0
+    # Harmonics above ~2 kHz add formant noise, not periodicity: the autocorrelation uses the band below.
+    MAX_FREQUENCY_HZ = 2_000.0
+
+    def __init__(self, config: EmotionCnnConfig):
+        super().__init__()
+        if config.sampling_rate / self.MIN_PITCH_HZ >= config.n_fft / 2:
+            raise ValueError(
+                f"pitch_features needs n_fft > {2 * config.sampling_rate / self.MIN_PITCH_HZ:.0f} samples "
+                f"(two periods of {self.MIN_PITCH_HZ:.0f} Hz), got {config.n_fft}."
+            )
+        semitones = 12 * math.log2(self.MAX_PITCH_HZ / self.MIN_PITCH_HZ)
+        steps = torch.arange(int(semitones * self.STEPS_PER_SEMITONE) + 1, dtype=torch.float64)
+        log2_pitch = math.log2(self.MIN_PITCH_HZ) + steps / (12 * self.STEPS_PER_SEMITONE)
+        period_samples = config.sampling_rate / torch.exp2(log2_pitch)
+        # The band from the lowest pitch up: bins below it hold the frame's DC offset and hum, which
+        # would correlate at every lag and make noise look voiced.
+        self.first_bin = math.ceil(self.MIN_PITCH_HZ * config.n_fft / config.sampling_rate)
+        last_bin = int(self.MAX_FREQUENCY_HZ * config.n_fft / config.sampling_rate)
+        # r(lag) = 2 sum_k P_k cos(2 pi k lag / n_fft) over the band (each bin and its mirror), at any real lag.
+        band = torch.arange(self.first_bin, last_bin + 1, dtype=torch.float64)
+        cosine = torch.cos(2 * math.pi * period_samples[:, None] * band[None, :] / config.n_fft)
+        # The window's own autocorrelation, over every bin: the signal's is roughly the product of the two.
+        window = torch.hann_window(config.n_fft, periodic=True, dtype=torch.float64)
+        window_power = torch.fft.rfft(window).abs().square()
+        all_bins = torch.arange(len(window_power), dtype=torch.float64)
+        weights = torch.full_like(window_power, 2.0)
+        weights[0] = 1.0
+        all_cosine = torch.cos(2 * math.pi * period_samples[:, None] * all_bins[None, :] / config.n_fft)
+        window_autocorrelation = (all_cosine @ (weights * window_power)) / (weights * window_power).sum()
+        # Dividing by it undoes the window's taper, so a periodic frame scores ~1 at its period.
+        self.register_buffer("lag_cosine", (cosine / window_autocorrelation[:, None]).float())
+        self.register_buffer("log2_pitch", log2_pitch.float())
+        self.register_buffer("octave_cost", (self.OCTAVE_COST * (log2_pitch - math.log2(self.MIN_PITCH_HZ))).float())
+
+    def forward(self, power: torch.Tensor, frame_mask: torch.Tensor) -> torch.Tensor:
+        power = power[:, self.first_bin : self.first_bin + self.lag_cosine.shape[1]]
+        energy = power.sum(dim=1).clamp(min=1e-10)
+        correlation = torch.einsum("gk,bkt->bgt", self.lag_cosine, power) / energy.unsqueeze(1)  # (batch, grid, frames)
+        best = torch.argmax(correlation + self.octave_cost[None, :, None], dim=1, keepdim=True)  # (batch, 1, frames)
+        periodicity = torch.gather(correlation, 1, best).clamp(0.0, 1.0)
+        voiced = (periodicity >= self.VOICING_THRESHOLD).to(power.dtype) * frame_mask
+        pitch = (self.log2_pitch[best] - math.log2(self.REFERENCE_PITCH_HZ)) * voiced
+        mean_pitch = pitch.sum(dim=-1, keepdim=True) / voiced.sum(dim=-1, keepdim=True).clamp(min=1.0)
+        intonation = (pitch - mean_pitch) * voiced
+        return torch.cat([periodicity * frame_mask, pitch, intonation], dim=1)
 
 
 def _masked_mean_std(features: torch.Tensor, mask: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -166,7 +245,7 @@ class EmotionCnnMember(nn.Module):
                 blocks.append(ConvBlock(in_channels, out_channels))
                 in_channels = out_channels
         else:
-            in_channels = config.num_mel_bins
+            in_channels = config.num_mel_bins + (PitchTracker.CHANNELS if config.pitch_features else 0)
             for index, out_channels in enumerate(config.channels):
                 kernel_size, dilation = (5, 1) if index == 0 else (3, index + 1)
                 blocks.append(TdnnBlock(in_channels, out_channels, kernel_size, dilation))
@@ -217,6 +296,7 @@ class EmotionCnnForAudioClassification(PreTrainedModel):
     def __init__(self, config: EmotionCnnConfig):
         super().__init__(config)
         self.frontend = LogMelFrontend(config)
+        self.pitch_tracker = PitchTracker(config) if config.pitch_features else None
         # Members share the frontend and differ by initialisation (and their own SpecAugment masks):
         # averaging their probabilities is a deep ensemble in one checkpoint and one ONNX graph.
         self.members = nn.ModuleList(EmotionCnnMember(config) for _ in range(config.ensemble_size))
@@ -261,8 +341,11 @@ class EmotionCnnForAudioClassification(PreTrainedModel):
         return masked
 
 
-    def classify_features(self, features: torch.Tensor, frame_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Log-mel ``(batch, mels, frames)`` and frame mask ``(batch, 1, frames)`` -> (logits, member logits)."""
+    def classify_features(
+        self, features: torch.Tensor, frame_mask: torch.Tensor, pitch: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Log-mel ``(batch, mels, frames)``, frame mask ``(batch, 1, frames)`` and, with ``pitch_features``,
+        the pitch channels ``(batch, 3, frames)`` -> (logits, member logits)."""
         if self.config.append_utterance_spectrum and self.config.feature_normalization == "none":
             raise ValueError("append_utterance_spectrum needs feature_normalization 'utterance' or 'utterance_mean'.")
         utterance_spectrum = None
@@ -281,6 +364,8 @@ class EmotionCnnForAudioClassification(PreTrainedModel):
         member_logits = []
         for member in self.members:
             member_features = self._spec_augment(features) if self.training else features
+            if pitch is not None:
+                member_features = torch.cat([member_features, pitch], dim=1)
             member_logits.append(member(member_features, frame_mask, utterance_spectrum))
         stacked = torch.stack(member_logits, dim=1)  # (batch, members, labels)
         if len(self.members) == 1:
@@ -296,7 +381,8 @@ class EmotionCnnForAudioClassification(PreTrainedModel):
         labels: torch.Tensor | None = None,
         **kwargs,
     ) -> EmotionCnnOutput:
-        features = self.frontend(input_values)  # (batch, mels, frames)
+        power = self.frontend.power_spectrum(input_values)
+        features = self.frontend.log_mel(power)  # (batch, mels, frames)
         if attention_mask is None:
             lengths = torch.full((input_values.shape[0],), input_values.shape[-1], device=input_values.device)
         else:
@@ -306,7 +392,8 @@ class EmotionCnnForAudioClassification(PreTrainedModel):
 
         if self.config.silence_threshold_db is not None:
             frame_mask = frame_mask * speech_frames(features, frame_mask, self.config.silence_threshold_db)
-        logits, member_logits = self.classify_features(features, frame_mask)
+        pitch = self.pitch_tracker(power, frame_mask) if self.pitch_tracker is not None else None
+        logits, member_logits = self.classify_features(features, frame_mask, pitch)
         loss = None
         if labels is not None:
             loss = member_cross_entropy(member_logits, labels)
