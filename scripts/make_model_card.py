@@ -103,13 +103,17 @@ def cv_candidates(model_dir: Path, model_config: Mapping, recipe: Mapping) -> li
     return candidates
 
 
-def _is_seed_rerun(differences: Mapping) -> bool:
-    return set(differences) == {"seed"}
-
-
 def _setting(differences: Mapping) -> str:
     """What a run changes apart from its seed: runs with the same setting are one candidate at several seeds."""
     return json.dumps({key: value for key, value in differences.items() if key != "seed"}, sort_keys=True)
+
+
+#: The setting of the shipped recipe and of its seed-only re-runs.
+_SHIPPED_SETTING = _setting({})
+
+
+def _is_seed_rerun(differences: Mapping) -> bool:
+    return bool(differences) and _setting(differences) == _SHIPPED_SETTING
 
 
 def _runs_by_setting(candidates: list[tuple[str, dict, dict]]) -> dict[str, list[tuple[str, float]]]:
@@ -159,8 +163,7 @@ def candidates_beating_sentence(candidates: list[tuple[str, dict, dict]], margin
     winners = [
         name
         for name, cv, differences in candidates
-        if differences
-        and not _is_seed_rerun(differences)
+        if _setting(differences) != _SHIPPED_SETTING
         and len(runs[_setting(differences)]) == 1
         and round(cv["mean_accuracy"], 3) > threshold
     ]
@@ -173,14 +176,14 @@ def seed_averaged_sentence(candidates: list[tuple[str, dict, dict]], margin: flo
     """The rule for candidates run at several seeds: their average (of the means as the table shows
     them) against the average of the shipped recipe's runs, plus ``margin``."""
     runs = _runs_by_setting(candidates)
-    shipped_runs = runs.get(_setting({}), [])
+    shipped_runs = runs.get(_SHIPPED_SETTING, [])
     if len(shipped_runs) < 2:
         return ""
     shipped = round(statistics.fmean(mean for _, mean in shipped_runs), 3)
     threshold = round(shipped + margin, 3)
     sentences = []
     for setting, setting_runs in runs.items():
-        if setting == _setting({}) or len(setting_runs) < 2:
+        if setting == _SHIPPED_SETTING or len(setting_runs) < 2:
             continue
         average = round(statistics.fmean(mean for _, mean in setting_runs), 3)
         verdict = "above it" if average > threshold else "not above it, so it was not adopted"

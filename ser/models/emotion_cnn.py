@@ -87,7 +87,7 @@ class EmotionCnnConfig(PretrainedConfig):
 
 
 class LogMelFrontend(nn.Module):
-    """Waveform ``(batch, samples)`` -> log-mel ``(batch, mels, frames)``, with a frame mask."""
+    """Waveform ``(batch, samples)`` -> power spectrum -> log-mel ``(batch, mels, frames)``; ``num_frames`` counts the valid frames."""
 
     def __init__(self, config: EmotionCnnConfig):
         super().__init__()
@@ -118,10 +118,8 @@ class LogMelFrontend(nn.Module):
         return real.square() + imaginary.square()
 
     def log_mel(self, power: torch.Tensor) -> torch.Tensor:
+        """Power spectrum -> ``(batch, mels, frames)``; the power also feeds the pitch tracker."""
         return torch.log(torch.matmul(self.mel_filters, power) + 1e-6)
-
-    def forward(self, waveform: torch.Tensor) -> torch.Tensor:
-        return self.log_mel(self.power_spectrum(waveform))
 
 
 class PitchTracker(nn.Module):
@@ -361,6 +359,9 @@ class EmotionCnnForAudioClassification(PreTrainedModel):
             if self.config.feature_normalization == "utterance":
                 features = features / std
         features = features * frame_mask
+        if pitch is not None and not self.training:
+            # No SpecAugment to apply per member: join the pitch channels once for all of them.
+            features, pitch = torch.cat([features, pitch], dim=1), None
         member_logits = []
         for member in self.members:
             member_features = self._spec_augment(features) if self.training else features
