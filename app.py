@@ -26,7 +26,10 @@ from pathlib import Path
 import gradio as gr
 from transformers import HfArgumentParser
 
+from ser.adaptation import AdaptationUnsupportedError
 from ser.audio import ACCEPTED_FORMATS, AudioError, load_audio
+from ser.backends import BackendError
+from ser.calibration import Calibration, CalibrationError
 from ser.predictor import EmotionClassifier, ModelNotConfiguredError, Prediction
 from ser.quality import (
     DEFAULT_CONFIDENCE_THRESHOLD,
@@ -59,6 +62,8 @@ EXAMPLE_SUFFIXES = (".wav", ".flac", ".mp3", ".ogg")
 #: Public endpoints: ``/gradio_api/call/predict`` and ``Client.predict(..., api_name="/predict")``; same for timeline.
 API_NAME = "predict"
 TIMELINE_API_NAME = "timeline"
+#: ``predict`` calibrated to the caller's voice: (audio, calibration) -> (..., calibration); see README.
+CALIBRATED_API_NAME = "predict_calibrated"
 #: What the gr.Label shows instead of an emotion when the top probability is below the threshold.
 UNCERTAIN_LABEL = "uncertain"
 
@@ -80,7 +85,7 @@ class AppArguments:
     )
     backend: str | None = field(
         default=None,
-        metadata={"help": "Serving backend: torch (fp32 reference), onnx, onnx-int8, bf16. Default: $SER_BACKEND, else the fastest that agrees with torch for the architecture: bf16 for wav2vec2, onnx otherwise (README: Fast CPU serving)."},
+        metadata={"help": "Serving backend: auto, torch (fp32 reference), onnx, onnx-int8, bf16, cuda. Default: $SER_BACKEND, else auto: cuda when a GPU is present, otherwise the fastest CPU backend that agrees with torch, timed on the warm-up clip at load (README: Fast serving)."},
     )
     host: str = field(
         default_factory=lambda: os.environ.get("GRADIO_SERVER_NAME", DEFAULT_HOST),
@@ -131,6 +136,10 @@ class AppArguments:
         default=DEFAULT_CONFIDENCE_THRESHOLD,
         metadata={"help": "Answer 'uncertain' when the top probability is below this (0 disables)."},
     )
+    timeline_adapt: bool = field(
+        default=True,
+        metadata={"help": "Timeline: standardise the segments with the recording's own statistics once it has enough segments (models with an embedding only)."},
+    )
 
 
 def load_classifier(model_name_or_path: str | None = None, backend: str | None = None) -> EmotionClassifier:
@@ -165,6 +174,21 @@ def answer_clip(
     (``AudioError``, messages written for users, including the gate's) become ``gr.Error`` here,
     at the UI edge; the server keeps serving.
     """
+    answer, report, info, _ = answer_clip_calibrated(classifier, audio_path, None, max_duration_s, quality, confidence_threshold)
+    return answer, report, info
+
+
+def answer_clip_calibrated(
+    classifier: EmotionClassifier,
+    audio_path: str | None,
+    calibration: Calibration | None,
+    max_duration_s: float | None = DEFAULT_MAX_DURATION_S,
+    quality: QualityConfig | None = None,
+    confidence_threshold: float = DEFAULT_CONFIDENCE_THRESHOLD,
+) -> tuple[Answer, QualityReport | None, str, Calibration | None]:
+    """:func:`answer_clip`, plus calibration to the visitor's voice: with a ``calibration`` (``None``:
+    off) the clip is added to it (only once it passed the gate) and classified with it once it holds
+    enough clips. Returns the updated calibration too (``None`` when off)."""
     if not audio_path:
         raise gr.Error(f"No audio received. Record with the microphone or upload a file ({ACCEPTED_FORMATS}).")
     started = time.perf_counter()
@@ -175,10 +199,15 @@ def answer_clip(
         if quality is not None:
             report = check_quality(waveform, classifier.sample_rate, quality)
         checked = time.perf_counter()
-        prediction = classifier.classify_waveform(waveform)
+        if calibration is None:
+            prediction = classifier.classify_waveform(waveform)
+        else:
+            prediction, calibration = calibration.classify(classifier, waveform)
     except AudioError as error:
         logger.info("Rejected %s: %s", Path(audio_path).name, error)
         raise gr.Error(str(error)) from error
+    except AdaptationUnsupportedError as error:
+        raise gr.Error(f"Calibration is not available: {error}") from error
     model_s = time.perf_counter() - checked
     answer = decide(prediction.probabilities, confidence_threshold)
     logger.info("%s: %s (%.2f%s) in %.0f ms", Path(audio_path).name, answer.label, answer.confidence,
@@ -186,9 +215,11 @@ def answer_clip(
     info = format_info(prediction, decoded - started, model_s)
     if report is not None:
         info += f" · quality check {(checked - decoded) * 1000:.0f} ms ({report.speech_s:.1f} s of speech)"
+    if calibration is not None:
+        info += "\n\n" + calibration.describe()
     if answer.uncertain:
         info += "\n\n" + format_uncertainty(answer)
-    return answer, report, info
+    return answer, report, info, calibration
 
 
 def classify_clip(
@@ -249,7 +280,7 @@ def timeline_summary(timeline: Timeline) -> str:
     return (
         f"Recording **{timeline.duration_s / 60:.1f} min** · speech **{speech_s / 60:.1f} min** in "
         f"**{len(timeline.segments)}** segments · **{uncertain}** uncertain (top probability below "
-        f"{timeline.confidence_threshold:.0%})"
+        f"{timeline.confidence_threshold:.0%})" + (f" · {timeline.adaptation_note}" if timeline.adaptation_note else "")
     )
 
 
@@ -290,8 +321,11 @@ def build_demo(
     quality: QualityConfig | None = QualityConfig(),
     confidence_threshold: float = DEFAULT_CONFIDENCE_THRESHOLD,
     serving: ServingConfig | None = None,
+    timeline_adapt: bool = True,
 ) -> gr.Blocks:
-    """The UI and the ``/predict`` and ``/timeline`` APIs around an already loaded classifier.
+    """The UI and the ``/predict``, ``/predict_calibrated`` and ``/timeline`` APIs around an already loaded classifier.
+
+    ``timeline_adapt``: the timeline adapts to the recording (``TimelineConfig.adapt``).
 
     ``serving``: upload / timeout / drift settings; the demo's ``serving_state`` (metrics, uploads,
     readiness) feeds the middleware that :func:`ser.serving.launch_kwargs` adds at launch.
@@ -305,6 +339,7 @@ def build_demo(
         confidence_threshold=confidence_threshold,
         gate=dataclasses.replace(quality or QualityConfig(), max_duration_s=None),
         refuse_unusable=quality is not None,
+        adapt=timeline_adapt,
     )
 
     serving_state, guard = create_serving(
@@ -327,6 +362,53 @@ def build_demo(
             return guard.run(audio, lambda: answer_request(audio), lambda result: result[2]["probabilities"])
         except ServingError as error:
             raise gr.Error(str(error)) from error
+
+    can_calibrate = classifier.supports_adaptation
+
+    def calibrated_request(audio: str | None, calibration: Calibration) -> tuple[dict[str, float] | str, str, dict, Calibration]:
+        answer, report, info, updated = answer_clip_calibrated(classifier, audio, calibration, max_duration_s, quality, confidence_threshold)
+        return label_value(answer, label_files), info, {**api_payload(answer, report), "calibration": updated.summary()}, updated
+
+    def run_calibrated(audio: str | None, calibration: Calibration | None) -> tuple[dict[str, float] | str, str, dict, Calibration]:
+        try:
+            return guard.run(audio, lambda: calibrated_request(audio, calibration or Calibration()), lambda result: result[2]["probabilities"])
+        except ServingError as error:
+            raise gr.Error(str(error)) from error
+
+    def predict_calibrated(audio: str | None, calibration: dict | None) -> tuple[dict[str, float] | str, str, dict, dict | None]:
+        """Classify a speech clip calibrated to the caller's voice. Send the calibration returned by your previous
+        call (null to start): the clip is added to it, and once it holds enough clips the answer is standardised
+        with its statistics instead of the training set's. Returns /predict's three outputs (the JSON with a
+        'calibration' field: calibrated, clips, min_clips, capacity) and the updated calibration (statistics only)."""
+        def parsed() -> Calibration:
+            if not can_calibrate:
+                return Calibration()  # classifying with it raises the model's own explanation
+            try:
+                return Calibration.from_dict(calibration, classifier.embedding_shape)
+            except CalibrationError as error:
+                raise gr.Error(str(error)) from error
+
+        try:
+            label_out, info_out, payload, updated = guard.run(
+                audio, lambda: calibrated_request(audio, parsed()), lambda result: result[2]["probabilities"]
+            )
+        except ServingError as error:
+            raise gr.Error(str(error)) from error
+        return label_out, info_out, payload, updated.to_dict()
+
+    def predict_in_page(audio: str | None, calibrate: bool = False, calibration: Calibration | None = None):
+        # The page's Submit: calibrated only when the visitor opted in; ``calibration`` is this browser
+        # session's gr.State (statistics only), returned updated so Gradio keeps it for the next clip.
+        if not calibrate:
+            return (*predict(audio), calibration, calibration_status(calibration, calibrate))
+        label_out, info_out, payload, updated = run_calibrated(audio, calibration)
+        return label_out, info_out, payload, updated, calibration_status(updated, calibrate)
+
+    def calibration_status(calibration: Calibration | None, calibrate: bool) -> str:
+        if not can_calibrate:
+            return f"Not available with this model ({model_display_name(classifier.name)}): it has no utterance embedding whose statistics can be swapped."
+        state = (calibration or Calibration()).describe()
+        return state if calibrate else f"Off: answers use the training statistics. ({state})"
 
     def timeline(audio: str | None, progress=gr.Progress()) -> list[dict]:
         """Emotion timeline of a long recording: [{start_s, end_s, label, confidence, uncertain, probabilities}] per speech segment."""
@@ -358,13 +440,52 @@ def build_demo(
                 with gr.Row():
                     clear = gr.ClearButton(value="Clear")
                     submit = gr.Button("Submit", variant="primary")
+                with gr.Accordion("Calibrate to my voice", open=False):
+                    gr.Markdown(
+                        "Opt in and your recent clips in this browser tab (the last "
+                        f"{Calibration().capacity}) supply the statistics the model standardises its features with, instead of "
+                        "its training set's, so it adapts to your voice, language and microphone. From "
+                        f"{Calibration().min_clips} clips on the answers are calibrated; before that they are the uncalibrated "
+                        "ones. Only statistics are kept (a mean and a spread per feature), never your audio, in this tab's "
+                        "session in the server's memory: never written to disk, never shared with another visitor, dropped "
+                        "when the session ends (Gradio keeps a closed tab's session up to an hour); reloading the page or "
+                        "**Reset calibration** forgets them. Example clips are never added."
+                    )
+                    calibrate = gr.Checkbox(label="Calibrate to my voice", value=False, interactive=can_calibrate)
+                    calibration_info = gr.Markdown(calibration_status(None, False))
+                    reset_calibration = gr.Button("Reset calibration", interactive=can_calibrate)
             with gr.Column():
                 label = gr.Label(num_top_classes=len(classifier.labels), label="Emotion")
                 info = gr.Markdown(label="Details")
                 with gr.Accordion("Answer as JSON (what the API returns)", open=False):
                     answer_json = gr.JSON(label="Answer")
         clear.add([audio, label, info, answer_json])
-        submit.click(predict, inputs=audio, outputs=[label, info, answer_json], api_name=API_NAME)
+        # The public endpoints first (an event without api_name is named after its function, and an
+        # earlier one would take "predict"), triggered by hidden buttons; the page runs the handlers below.
+        predict_api_trigger = gr.Button(visible=False)
+        predict_api_trigger.click(predict, inputs=audio, outputs=[label, info, answer_json], api_name=API_NAME)
+        calibration_in, calibration_out = gr.JSON(visible=False), gr.JSON(visible=False)
+        calibrated_api_trigger = gr.Button(visible=False)
+        calibrated_api_trigger.click(
+            predict_calibrated, inputs=[audio, calibration_in], outputs=[label, info, answer_json, calibration_out], api_name=CALIBRATED_API_NAME
+        )
+        if can_calibrate:
+            # Per browser session, on the server's side of that session only; a gr.State exists only where
+            # there is something to hold, since it makes the page keep a heartbeat connection open.
+            calibration_state = gr.State(None)
+            submit.click(
+                predict_in_page,
+                inputs=[audio, calibrate, calibration_state],
+                outputs=[label, info, answer_json, calibration_state, calibration_info],
+                api_visibility="private",
+            )
+            reset_calibration.click(
+                lambda on: (None, calibration_status(None, on)), inputs=calibrate, outputs=[calibration_state, calibration_info],
+                api_visibility="private",
+            )
+            calibrate.change(calibration_status, inputs=[calibration_state, calibrate], outputs=calibration_info, api_visibility="private")
+        else:
+            submit.click(predict, inputs=audio, outputs=[label, info, answer_json], api_visibility="private")
         examples = example_paths()
         if examples:
             gr.Examples(
@@ -383,6 +504,12 @@ def build_demo(
                 "Upload a conversation or a long recording. Speech is found with a voice activity detector, cut into "
                 f"segments of at most {timeline_config.max_segment_s:g} s, and each segment is classified. "
                 f"Hatched bars are uncertain (top probability below {confidence_threshold:.0%})."
+                + (
+                    f" A recording is one voice and one room: from {timeline_config.min_adaptation_segments} segments on, "
+                    "they are standardised with the recording's own statistics (the summary says whether)."
+                    if timeline_config.adapt and classifier.supports_adaptation
+                    else ""
+                )
             )
             long_audio = gr.Audio(sources=["upload"], type="filepath", label="Recording")
             timeline_button = gr.Button("Build timeline", variant="primary")
@@ -391,8 +518,8 @@ def build_demo(
             timeline_rows = gr.Dataframe(headers=TABLE_HEADERS, label="Segments", interactive=False)
             with gr.Accordion("Segments as JSON (what the API returns)", open=False):
                 timeline_json = gr.JSON(label="Segments")
-            # API-only trigger for /timeline (never shown); the page runs show_timeline. No gr.State on
-            # purpose: it makes every page hold a heartbeat connection open.
+            # API-only trigger for /timeline (never shown); the page runs show_timeline. No gr.State here:
+            # it makes every page hold a heartbeat connection open (only calibration needs one).
             timeline_api_trigger = gr.Button(visible=False)
         timeline_button.click(
             show_timeline,
@@ -428,7 +555,7 @@ def main() -> None:
     (args,) = HfArgumentParser(AppArguments).parse_args_into_dataclasses()
     try:
         classifier = load_classifier(args.model, args.backend)
-    except ModelNotConfiguredError as error:
+    except (ModelNotConfiguredError, BackendError) as error:
         raise SystemExit(str(error)) from None
     except OSError as error:
         # transformers' "not a local folder or hub id" messages run to several lines; keep the first.
@@ -438,6 +565,7 @@ def main() -> None:
     demo = build_demo(
         classifier, args.max_duration_s, args.concurrency_limit, args.max_queue_size, quality, args.confidence_threshold,
         serving=ServingConfig(args.max_upload_mb, args.request_timeout_s, args.upload_ttl_s, args.drift_window),
+        timeline_adapt=args.timeline_adapt,
     )
     # launch_kwargs: the upload limit plus the middleware behind /metrics, /health, payload checks, upload deletion.
     demo.launch(server_name=args.host, server_port=args.port, share=args.share, **launch_kwargs(demo.serving_state))

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 from transformers import HfArgumentParser
 
+from ser.adaptation import ADAPT_MODES, AdaptationUnsupportedError
 from ser.corpus import CorpusError
 from ser.evaluation import CONFUSION_PNG_FILE, REPORT_FILE, evaluate_corpus, parse_label_list, parse_snr_list, parse_speakers
 from ser.labels import DEFAULT_EXCLUDED_LABELS, parse_label_map
@@ -34,7 +35,7 @@ class EvaluationArguments:
         default=None, metadata={"help": "Local model folder or hub id; default: $SER_MODEL, else the bundled models/ser-ravdess."}
     )
     backend: str | None = field(
-        default=None, metadata={"help": "Serving backend: torch (fp32 reference), onnx, onnx-int8, bf16. Default: $SER_BACKEND, else the fastest that agrees with torch for the architecture: bf16 for wav2vec2, onnx otherwise (README: Fast CPU serving)."}
+        default=None, metadata={"help": "Serving backend: auto, torch (fp32 reference), onnx, onnx-int8, bf16, cuda. Default: $SER_BACKEND, else auto: the fastest that agrees with torch on this machine (README: Fast serving)."}
     )
     label_map: str | None = field(
         default=None, metadata={"help": "Extra folder -> label mapping, JSON or 'folder=label,...' (e.g. 'rabbia=angry,gioia=happy')."}
@@ -54,6 +55,15 @@ class EvaluationArguments:
     )
     snr_db: str = field(default="", metadata={"help": "Also score with white noise at these SNRs in dB, e.g. '20,10,5,0' (noise_robustness)."})
     noise_seed: int = field(default=0, metadata={"help": "Seed of the added noise (clip i uses default_rng([seed, i]))."})
+    adapt: str = field(
+        default="none",
+        metadata={
+            "help": "Standardisation statistics: none (the training set's, as a single clip gets), corpus (computed from all clips "
+            "scored), speaker (per speaker parsed from the file names; clips without one, or whose speaker has too few clips, get the "
+            "corpus's). No labels are used, but the test clips are seen. Needs a model with an embedding (WhisperSer).",
+            "choices": list(ADAPT_MODES),
+        },
+    )
     progress: bool = field(default=True, metadata={"help": "Show a progress bar."})
     log_level: str = field(default="INFO", metadata={"help": "DEBUG, INFO, WARNING or ERROR."})
 
@@ -93,20 +103,27 @@ def main(argv: list[str] | None = None) -> dict:
             confidence_threshold=args.confidence_threshold,
             snr_db=snr_db,
             noise_seed=args.noise_seed,
+            adapt=args.adapt,
         )
-    except (ModelNotConfiguredError, CorpusError) as error:
+    except (ModelNotConfiguredError, CorpusError, AdaptationUnsupportedError) as error:
         sys.exit(f"error: {error}")
     except OSError as error:
         # transformers explains a missing folder / unreachable hub id over several lines; the first says it.
         sys.exit(f"error: cannot load model {args.model!r}: {str(error).strip().splitlines()[0]}")
     restricted = metrics["restricted"]
     print(
-        f"{metrics['n']} clips ({len(metrics['unreadable'])} unreadable, {len(metrics['skipped_folders'])} folders skipped): "
+        f"{metrics['n']} clips ({len(metrics['unreadable'])} unreadable, {len(metrics['skipped_folders'])} folders skipped), adapt {args.adapt}: "
         f"open accuracy {metrics['accuracy']:.3f} [{metrics['ci95']['accuracy'][0]:.3f}, {metrics['ci95']['accuracy'][1]:.3f}], "
         f"macro-F1 {metrics['macro_f1']:.3f}, UAR {metrics['uar']:.3f}; "
         f"restricted accuracy {restricted['accuracy']:.3f}, macro-F1 {restricted['macro_f1']:.3f}; "
         f"{metrics['wall_time_s']:.1f} s. Report: {args.output_dir}/{REPORT_FILE}, plot: {args.output_dir}/{CONFUSION_PNG_FILE}"
     )
+    if args.adapt == "speaker":
+        adaptation = metrics["adaptation"]
+        print(
+            f"Speaker adaptation: {len(adaptation['speakers'])} speakers with their own statistics; "
+            f"{adaptation['fallback_to_corpus_clips']} clips got the corpus statistics instead ({adaptation['fallback_reasons'] or 'none'})."
+        )
     return metrics
 
 

@@ -46,6 +46,8 @@ TRAINING_DEFAULTS: dict[str, object] = {
     "remove_unused_columns": False,
     "dataloader_num_workers": 0,
 }
+#: Frozen-encoder models also score the test split with each test speaker's own statistics, here.
+SPEAKER_ADAPTED_METRICS = "metrics_speaker_adapted.json"
 #: A randomly initialised model wants a much larger step than fine-tuning does.
 FROM_SCRATCH_LEARNING_RATE = 1e-3
 
@@ -112,6 +114,18 @@ class DataArguments:
         default=0.0,
         metadata={"help": "Mixup: train on mixtures of two clips' waveforms and labels, weight ~ Beta(alpha, alpha); 0 disables."},
     )
+    embedding_copies: str = field(
+        default="",
+        metadata={"help": "Frozen Whisper encoders only: fixed augmented copies of every training clip, embedded once and cached beside the original, e.g. 'speed=0.88,speed=1.12,noise_snr_db=20' (the random waveform augmentation above needs an encoder pass per epoch and is not used there)."},
+    )
+    embedding_cache_dir: str | None = field(
+        default=None,
+        metadata={"help": "Where frozen-encoder embeddings are cached (default: $SER_CACHE_DIR/embeddings, else ~/.cache/ser/embeddings)."},
+    )
+    standardize_per_speaker: bool = field(
+        default=False,
+        metadata={"help": "Frozen Whisper encoders only: train the head on embeddings standardised with each training speaker's own statistics (as adapted prediction uses a speaker's or corpus's), instead of the training set's. The model still stores the training set's statistics for single clips."},
+    )
     max_train_samples: int | None = field(default=None, metadata={"help": "Use at most this many training clips (a seeded random subset; for quick runs)."})
     max_eval_samples: int | None = field(default=None, metadata={"help": "Use at most this many eval and test clips each."})
 
@@ -132,7 +146,7 @@ class DataArguments:
 class ModelArguments:
     model_name_or_path: str = field(
         default="facebook/wav2vec2-base",
-        metadata={"help": "Any audio-classification checkpoint: a hub id or a local folder. Its classifier head is replaced for our labels."},
+        metadata={"help": "Any audio-classification checkpoint: a hub id or a local folder. Its classifier head is replaced for our labels. A Whisper checkpoint (openai/whisper-base, or a folder from python -m scripts.import_whisper) builds WhisperSer: its encoder on the clip's own length, no 30 s padding."},
     )
     from_scratch: str | None = field(
         default=None,
@@ -140,7 +154,11 @@ class ModelArguments:
     )
     config_overrides: str | None = field(
         default=None,
-        metadata={"help": "With --from_scratch: override config attributes, e.g. 'ensemble_size=1,dropout=0.2' (values parsed as JSON, else kept as strings)."},
+        metadata={"help": "With --from_scratch, or a Whisper checkpoint: override config attributes, e.g. 'ensemble_size=1,dropout=0.2' or 'layers=[2,3,4],head_hidden_size=0' (values parsed as JSON, else kept as strings)."},
+    )
+    trainable_encoder_layers: int = field(
+        default=0,
+        metadata={"help": "Whisper checkpoints: fine-tune the top N encoder blocks (0: the encoder is frozen and its embeddings are cached, so each epoch trains only the head; -1: fine-tune all)."},
     )
     freeze_feature_encoder: bool = field(
         default=True,
@@ -286,8 +304,6 @@ def build_model(model_args: ModelArguments, labels: list[str]):
     from ser.models.presets import apply_config_overrides, config_from_spec, feature_extractor_for
 
     id2label, label2id = label_maps(labels)
-    if model_args.config_overrides and not model_args.from_scratch:
-        raise TrainSetupError("--config_overrides only applies with --from_scratch (a pretrained checkpoint keeps its own config).")
     if model_args.from_scratch:
         try:
             config = config_from_spec(model_args.from_scratch)
@@ -310,6 +326,17 @@ def build_model(model_args: ModelArguments, labels: list[str]):
     hub_kwargs = {"revision": model_args.model_revision, "cache_dir": model_args.cache_dir}
     try:
         config = AutoConfig.from_pretrained(name, **hub_kwargs)
+    except (OSError, ValueError) as error:
+        if model_args.config_overrides:
+            raise TrainSetupError(
+                f"--config_overrides only applies with --from_scratch or a Whisper checkpoint, and the config of {name!r} cannot be read to tell: {error}"
+            ) from error
+        raise TrainSetupError(f"Cannot load --model_name_or_path {name!r} as an audio-classification model: {error}") from error
+    if config.model_type == "whisper":
+        return _build_whisper_ser(model_args, id2label, hub_kwargs)
+    if model_args.config_overrides:
+        raise TrainSetupError("--config_overrides only applies with --from_scratch or a Whisper checkpoint (other checkpoints keep their own config).")
+    try:
         extra = {"use_weighted_layer_sum": model_args.use_weighted_layer_sum} if hasattr(config, "use_weighted_layer_sum") else {}
         model = AutoModelForAudioClassification.from_pretrained(
             name,
@@ -332,6 +359,26 @@ def build_model(model_args: ModelArguments, labels: list[str]):
     return model, feature_extractor
 
 
+def _build_whisper_ser(model_args: ModelArguments, id2label: dict[int, str], hub_kwargs: dict):
+    from ser.models.presets import feature_extractor_for
+    from ser.models.whisper_ser import from_whisper_checkpoint
+
+    try:
+        model = from_whisper_checkpoint(model_args.model_name_or_path, id2label, model_args.config_overrides, **hub_kwargs)
+    except (OSError, ValueError) as error:
+        raise TrainSetupError(f"Cannot build WhisperSer from {model_args.model_name_or_path!r}: {error}") from error
+    model.config.trainable_encoder_layers = model_args.trainable_encoder_layers
+    model.freeze_encoder(model_args.trainable_encoder_layers)
+    logger.info(
+        "WhisperSer on %s: hidden states %s of %d blocks, %s",
+        model_args.model_name_or_path,
+        model.config.layers,
+        model.config.blocks_used,
+        "encoder frozen" if model.encoder_is_frozen else f"top {model_args.trainable_encoder_layers} blocks fine-tuned",
+    )
+    return model, feature_extractor_for(model.config)
+
+
 def _check_weighted_layer_sum(model, sample_rate: int) -> None:
     """One tiny forward pass: some transformers releases return one hidden state fewer than the
     weighted layer sum has weights (wav2vec2 in 5.x), which would otherwise fail at the first step."""
@@ -351,6 +398,83 @@ def _check_weighted_layer_sum(model, sample_rate: int) -> None:
         model.train(was_training)
 
 
+# -- frozen-encoder embeddings ----------------------------------------------------------------------
+def _embedding_model(model):
+    """``model`` when it classifies a cacheable embedding (a frozen WhisperSer encoder), else ``None``."""
+    return model if getattr(model, "encoder_is_frozen", False) and hasattr(model, "classify_embedding") else None
+
+
+def _set_training_statistics(model, feature_extractor, waveforms) -> None:
+    """The embedding standardisation from the training clips, before any training step."""
+    from ser.embeddings import embed_waveforms
+    from ser.statistics import EmbeddingStatistics
+
+    was_training = model.training
+    model.eval()
+    statistics = EmbeddingStatistics.of(embed_waveforms(model, feature_extractor, waveforms))
+    model.train(was_training)
+    _load_statistics(model, statistics)
+
+
+def _load_statistics(model, statistics) -> None:
+    import torch
+
+    model.embedding_mean.copy_(torch.from_numpy(statistics.mean).float())
+    model.embedding_var.copy_(torch.from_numpy(statistics.variance).float())
+
+
+def _speaker_statistics(clips: list[Clip], embeddings: np.ndarray) -> list:
+    """Each clip's speaker's statistics (over all of that speaker's rows here); clips without a parsed
+    speaker share the statistics of all such clips."""
+    from ser.statistics import EmbeddingStatistics
+
+    groups: dict[str | None, list[int]] = {}
+    for index, clip in enumerate(clips):
+        groups.setdefault(clip.speaker and f"{clip.corpus}:{clip.speaker}", []).append(index)
+    of_group = {group: EmbeddingStatistics.of(embeddings[indices]) for group, indices in groups.items()}
+    return [of_group[clip.speaker and f"{clip.corpus}:{clip.speaker}"] for clip in clips]
+
+
+def _embedding_datasets(model, feature_extractor, data_args: DataArguments, split: Split, waveform_of: dict, label2id: dict):
+    from ser.augment import parse_fixed_copies
+    from ser.embeddings import ORIGINAL, EmbeddingCache, cached_embeddings, default_cache_dir
+    from ser.statistics import EmbeddingStatistics
+    from ser.training import EmbeddingDataset
+
+    if data_args.mixup_alpha > 0:
+        raise TrainSetupError("--mixup_alpha mixes waveforms, which a frozen (cached) encoder never sees: drop it or fine-tune with --trainable_encoder_layers.")
+    try:
+        copies = parse_fixed_copies(data_args.embedding_copies)
+    except ValueError as error:
+        raise TrainSetupError(f"--embedding_copies: {error}") from error
+    if data_args.augment:
+        logger.info("Frozen encoder: random waveform augmentation is not applied (each clip is embedded once); fixed copies: %s", copies or "none")
+    cache = EmbeddingCache(data_args.embedding_cache_dir or default_cache_dir())
+    model.eval()
+
+    def embeddings(clips: list[Clip], copy: str):
+        paths = [clip.path for clip in clips]
+        return cached_embeddings(model, feature_extractor, paths, [waveform_of[path] for path in paths], copy, cache)
+
+    def labelled(clips: list[Clip]) -> list[int]:
+        return [label2id[clip.label] for clip in clips]
+
+    train_clips = split.train * (1 + len(copies))
+    train_embeddings = np.concatenate([embeddings(split.train, copy) for copy in [ORIGINAL, *copies]])
+    _load_statistics(model, EmbeddingStatistics.of(train_embeddings))
+    train = EmbeddingDataset(
+        train_embeddings, labelled(train_clips), _speaker_statistics(train_clips, train_embeddings) if data_args.standardize_per_speaker else None
+    )
+
+    test_embeddings = embeddings(split.test, ORIGINAL)
+    test = EmbeddingDataset(test_embeddings, labelled(split.test))
+    # The same clips with each test speaker's own statistics: what adapted prediction would score.
+    test_speaker_adapted = EmbeddingDataset(test_embeddings, labelled(split.test), _speaker_statistics(split.test, test_embeddings))
+    evaluation = EmbeddingDataset(embeddings(split.eval, ORIGINAL), labelled(split.eval)) if split.eval else None
+    model.train()
+    return train, evaluation, test, test_speaker_adapted
+
+
 # -- outputs --------------------------------------------------------------------------------------
 def _write_json(path: Path, payload: dict) -> None:
     path.write_text(json.dumps(payload, indent=2, default=str) + "\n")
@@ -368,6 +492,7 @@ def run(data_args: DataArguments, model_args: ModelArguments, training_args, com
         ClipDataset,
         SerTrainer,
         class_weights,
+        collate_embeddings,
         format_model_card,
         load_clips,
         make_compute_metrics,
@@ -427,8 +552,20 @@ def run(data_args: DataArguments, model_args: ModelArguments, training_args, com
             augment=data_args.augment_config() if train else None,
         )
 
-    train_dataset, test_dataset = dataset(split.train, True), dataset(split.test, False)
-    eval_dataset = dataset(split.eval, False) if split.eval else None
+    embedding_model = _embedding_model(model)
+    if embedding_model is not None:
+        # A frozen encoder: embed every clip once (cached on disk), train only the head.
+        train_dataset, eval_dataset, test_dataset, adapted_test_dataset = _embedding_datasets(
+            embedding_model, feature_extractor, data_args, split, waveform_of, label2id
+        )
+        data_collator = collate_embeddings
+    else:
+        train_dataset, test_dataset = dataset(split.train, True), dataset(split.test, False)
+        eval_dataset = dataset(split.eval, False) if split.eval else None
+        adapted_test_dataset = None
+        data_collator = AudioCollator(feature_extractor)
+        if hasattr(model, "embedding_mean"):
+            _set_training_statistics(model, feature_extractor, [waveform_of[clip.path] for clip in split.train])
     if eval_dataset is None and training_args.eval_strategy != "no":
         raise TrainSetupError("The eval split is empty but --eval_strategy is not 'no'.")
 
@@ -456,7 +593,7 @@ def run(data_args: DataArguments, model_args: ModelArguments, training_args, com
     trainer = SerTrainer(
         model=model,
         args=training_args,
-        data_collator=AudioCollator(feature_extractor),
+        data_collator=data_collator,
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
         processing_class=feature_extractor,
@@ -475,14 +612,23 @@ def run(data_args: DataArguments, model_args: ModelArguments, training_args, com
     trainer.log_metrics("test", prediction.metrics)
     if not trainer.is_world_process_zero():
         return None
-    y_pred = [labels[index] for index in np.argmax(prediction.predictions, axis=-1)]
-    y_true = [labels[index] for index in prediction.label_ids]
-    metrics = classification_metrics(y_true, y_pred, labels) | {
-        "split": "test",
-        "speakers": split_summary["test"]["speakers"],
-        "model": model_args.from_scratch and f"from_scratch:{model_args.from_scratch}" or model_args.model_name_or_path,
-    }
+    def test_metrics(prediction, **extra) -> dict:
+        logits = prediction.predictions[0] if isinstance(prediction.predictions, tuple) else prediction.predictions
+        y_pred = [labels[index] for index in np.argmax(logits, axis=-1)]
+        y_true = [labels[index] for index in prediction.label_ids]
+        return classification_metrics(y_true, y_pred, labels) | {
+            "split": "test",
+            "speakers": split_summary["test"]["speakers"],
+            "model": model_args.from_scratch and f"from_scratch:{model_args.from_scratch}" or model_args.model_name_or_path,
+            **extra,
+        }
+
+    metrics = test_metrics(prediction)
     _write_json(output_dir / "metrics.json", metrics)
+    if adapted_test_dataset is not None:
+        adapted = test_metrics(trainer.predict(adapted_test_dataset, metric_key_prefix="test_speaker_adapted"), adapt="speaker")
+        _write_json(output_dir / SPEAKER_ADAPTED_METRICS, adapted)
+        logger.info("Test split, each speaker's own statistics: accuracy %.3f -> %s", adapted["accuracy"], output_dir / SPEAKER_ADAPTED_METRICS)
     trainer.model_card = format_model_card(
         metrics["model"], labels, metrics, split_summary, str(data_args.data_dir), command
     )

@@ -80,3 +80,24 @@ def percentile(values: list[float], fraction: float) -> float:
     ordered = sorted(values)
     index = min(len(ordered) - 1, max(0, int(round(fraction * (len(ordered) - 1)))))
     return ordered[index]
+
+
+def machine_header(automatic: str | None = None) -> str:
+    """The lines every benchmark prints first: which CPU (and GPU) produced the numbers, the kernel
+    level PyTorch runs at, the emulation settings in force, and the automatic backend choice."""
+    import os
+
+    from ser.backends import num_threads
+    from ser.hardware import ONEDNN_ISA_ENV_VAR, detect_hardware
+
+    hardware = detect_hardware()
+    emulation = [f"{name}={os.environ[name]}" for name in ("ATEN_CPU_CAPABILITY", ONEDNN_ISA_ENV_VAR) if os.environ.get(name)]
+    lines = [
+        f"CPU: {hardware.cpu_model}   PyTorch kernel level: {hardware.cpu_capability}   "
+        f"bf16 {'yes' if hardware.cpu_bf16 else 'no'}, VNNI {'yes' if hardware.cpu_vnni else 'no'}, "
+        f"AMX {'yes' if hardware.cpu_amx else 'no'}   threads: {num_threads()}",
+        f"GPU: {hardware.cuda_device or 'none'}   emulation: {', '.join(emulation) if emulation else 'none (the CPU as it is)'}",
+    ]
+    if automatic:
+        lines.append(f"automatic choice: {automatic}")
+    return "\n".join(lines)

@@ -1,8 +1,13 @@
 """In-process serving benchmark: the transformers pipeline (fp32 baseline) vs each project backend.
 
-    python -m benchmarks.serving                          # random-init wav2vec2-base, every backend
+    python -m benchmarks.serving                          # random-init wav2vec2-base, this CPU's backends
     python -m benchmarks.serving --model models/ser-ravdess --real_clips 0   # any other model
+    ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 python -m benchmarks.serving   # PyTorch as on an AVX2-only CPU
 
+The header names the CPU, PyTorch's kernel level, bf16 / VNNI / AMX, the emulation settings in
+force and the automatic choice (``auto``: what ``EmotionClassifier.from_pretrained`` picks here,
+with its reason). By default the engines are ``auto`` plus every backend the automatic choice
+would consider on this machine (``bf16`` only with hardware bf16; ``--backends`` overrides).
 Prints, side by side: median/min/max latency for 1, 3 and 10 s clips, the ratio to the pipeline,
 batch throughput, peak RSS (each engine in a fresh process), top-1 agreement with the torch fp32
 reference and the largest probability difference, and what decoding a 3 s 48 kHz wav/mp3 costs.
@@ -23,11 +28,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-from transformers import AutoConfig
 
 from benchmarks.common import (
     DEFAULT_REAL_CLIPS_DIR,
     REPO_ROOT,
+    machine_header,
     random_wav2vec2_base,
     real_clip_paths,
     speech_like_clip,
@@ -35,7 +40,8 @@ from benchmarks.common import (
     timed,
 )
 from ser.audio import load_audio
-from ser.backends import BACKENDS, resolve_backend
+from ser.backends import AUTO, BACKENDS, automatic_candidates
+from ser.hardware import detect_hardware
 from ser.predictor import EmotionClassifier
 
 logger = logging.getLogger("benchmarks.serving")
@@ -48,8 +54,15 @@ class ServingBenchmarkArguments:
     model: str | None = field(
         default=None, metadata={"help": "Model folder or hub id. Default: a random-init wav2vec2-base (base shapes, 6 labels)."}
     )
-    backends: str = field(default=",".join(BACKENDS), metadata={"help": f"Comma-separated backends ({', '.join(BACKENDS)})."})
+    backends: str = field(
+        default="",
+        metadata={"help": f"Comma-separated backends ({AUTO}, {', '.join(BACKENDS)}). Default: {AUTO} plus this machine's candidates."},
+    )
     pipeline: bool = field(default=True, metadata={"help": "Include the transformers pipeline fp32 baseline."})
+    compare: str = field(
+        default="",
+        metadata={"help": "Other models timed in the same run, as MODEL:BACKEND pairs, comma-separated, e.g. 'models/ser-ravdess:auto,models/ser-ravdess-tdnn:auto' (latency, throughput and RSS; no agreement: they are other models)."},
+    )
     durations_s: str = field(default="1,3,10", metadata={"help": "Clip lengths to time, comma-separated."})
     repeats: int = field(default=7, metadata={"help": "Timed calls per engine and clip length."})
     batch_clips: int = field(default=16, metadata={"help": "Clips in the throughput test (3 s each)."})
@@ -86,6 +99,19 @@ def load_engine(model: str, name: str):
     if name == PIPELINE:
         return PipelineEngine(model)
     return EmotionClassifier.from_pretrained(model, backend=name)
+
+
+def parse_compare(spec: str) -> dict[str, tuple[str, str]]:
+    """``"models/a:auto,models/b:torch"`` -> ``{"a:auto": ("models/a", "auto"), ...}`` (engine name -> model, backend)."""
+    engines = {}
+    for item in (part.strip() for part in spec.split(",")):
+        if not item:
+            continue
+        model, separator, backend = item.rpartition(":")
+        if not separator or not model or backend not in (AUTO, *BACKENDS):
+            raise SystemExit(f"--compare {item!r}: expected MODEL:BACKEND with BACKEND one of {AUTO}, {', '.join(BACKENDS)}")
+        engines[f"{Path(model).name}:{backend}"] = (model, backend)
+    return engines
 
 
 def peak_rss_mb(model: str, name: str) -> float:
@@ -191,12 +217,17 @@ def print_report(report: dict) -> None:
     durations = report["durations_s"]
     names = list(report["latency_ms"])
     baseline = PIPELINE if PIPELINE in names else names[0]
-    print(f"\nModel: {report['model']}   threads: {report['threads']}   default backend: {report['default_backend']}")
-    header = f"{'engine':<11}" + "".join(f"{f'{d:g} s median [min-max] ms':>30}{'x':>6}" for d in durations)
+    print()
+    print(report["machine"])
+    print(f"Model: {report['model']}" + (f"; also timed: {', '.join(report['compared'])}" if report.get("compared") else ""))
+    width = max(17, *(len(name) + 2 for name in names))
+    header = f"{'engine':<{width}}" + "".join(f"{f'{d:g} s median [min-max] ms':>30}{'x':>6}" for d in durations)
     header += f"{'clips/s':>9}{'peak RSS MB':>13}"
     print(header)
+    automatic = report.get("automatic_choice")
     for name in names:
-        row = f"{name:<11}"
+        label = f"{AUTO}={automatic['backend']}" if name == AUTO and automatic else name
+        row = f"{label:<{width}}"
         for duration in durations:
             median, low, high = report["latency_ms"][name][str(duration)]
             base = report["latency_ms"][baseline][str(duration)][0]
@@ -227,11 +258,19 @@ def main() -> None:
     if args.probe_rss:
         _probe_rss(model, args.probe_rss)
         return
-    names = ([PIPELINE] if args.pipeline else []) + [name.strip() for name in args.backends.split(",") if name.strip()]
+    requested = [name.strip() for name in args.backends.split(",") if name.strip()]
+    if not requested:
+        candidates, excluded = automatic_candidates(detect_hardware())
+        requested = [AUTO] + candidates
+        for name, why in excluded.items():
+            logger.info("Not timing %s: %s (ask for it with --backends)", name, why)
+    names = ([PIPELINE] if args.pipeline else []) + requested
     durations_s = [float(value) for value in args.durations_s.split(",")]
 
+    compared = parse_compare(args.compare)
     started = time.perf_counter()
     engines = {name: load_engine(model, name) for name in names}  # ONNX graphs are exported here, once
+    engines |= {name: load_engine(other, backend) for name, (other, backend) in compared.items()}
     logger.info("Loaded %d engines in %.1f s", len(engines), time.perf_counter() - started)
 
     logger.info("Timing latency (%s s clips, %d rounds)", args.durations_s, args.repeats)
@@ -239,7 +278,8 @@ def main() -> None:
     logger.info("Timing batch throughput (%d clips)", args.batch_clips)
     clips_per_s = throughput(engines, args.batch_clips)
 
-    fast = {name: engine for name, engine in engines.items() if name != PIPELINE}
+    automatic = engines[AUTO].backend_choice if AUTO in engines else None
+    fast = {name: engine for name, engine in engines.items() if name != PIPELINE and name not in compared}
     sources = {"synthetic": [speech_like_clip(1.0 + 5.0 * ((index * 7) % 10) / 10, 1000 + index) for index in range(args.synthetic_clips)]}
     real_dir = Path(args.real_clips_dir)
     if args.real_clips != 0 and real_dir.is_dir():
@@ -253,11 +293,15 @@ def main() -> None:
     if args.rss:
         logger.info("Measuring peak RSS, one fresh process per engine")
         rss = {name: peak_rss_mb(model, name) for name in names}
+        rss |= {name: peak_rss_mb(other, backend) for name, (other, backend) in compared.items()}
 
     report = {
         "model": model,
         "threads": num_threads(),
-        "default_backend": resolve_backend(None, AutoConfig.from_pretrained(model).model_type),
+        "machine": machine_header(f"{automatic.name} ({automatic.reason})" if automatic else None),
+        "hardware": detect_hardware().to_dict(),
+        "automatic_choice": automatic.to_dict() if automatic else None,
+        "compared": {name: list(pair) for name, pair in compared.items()},
         "durations_s": durations_s,
         "latency_ms": {name: {str(d): summary_ms(values) for d, values in per.items()} for name, per in latency_s.items()},
         "throughput_clips_per_s": clips_per_s,

@@ -139,6 +139,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--exclude_speakers", default=DEFAULT_EXCLUDED, help="Speakers no fold trains or tests on ('' for none).")
     parser.add_argument("--jobs", type=int, default=1, help="Folds trained at once; the CPU threads are shared between them.")
     parser.add_argument("--pool_only", action="store_true", help="Do not train: pool the folds already in --output_dir again.")
+    parser.add_argument(
+        "--metrics_file",
+        default="metrics.json",
+        help="The per-fold file to pool, e.g. metrics_speaker_adapted.json (frozen-encoder models: each test speaker's own statistics); written to cv.json, or cv_<file stem>.json for another file.",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S", level=logging.INFO)
 
@@ -150,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     def run_fold(index: int) -> dict:
         fold_dir = output_dir / f"fold_{index}"
         if args.pool_only:
-            return json.loads((fold_dir / "metrics.json").read_text())
+            return json.loads((fold_dir / args.metrics_file).read_text())
         command = fold_command(args.config, folds[index], args.exclude_speakers, fold_dir, extra)
         logger.info("fold %d: %s", index, " ".join(command))
         fold_dir.mkdir(parents=True, exist_ok=True)
@@ -158,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
             result = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=environment, cwd=REPO_ROOT)
         if result.returncode != 0:
             raise RuntimeError(f"fold {index} failed (exit {result.returncode}); see {fold_dir / 'train.log'}")
-        metrics = json.loads((fold_dir / "metrics.json").read_text())
+        metrics = json.loads((fold_dir / args.metrics_file).read_text())
         logger.info("fold %d (%s): accuracy %.3f", index, ",".join(folds[index]), metrics["accuracy"])
         return metrics
 
@@ -178,10 +183,11 @@ def main(argv: list[str] | None = None) -> int:
         "recipe": recipes[0],
         "command": " ".join(["python -m scripts.cross_validate", *command_arguments, *(["--", *extra] if extra else [])]),
     }
-    (output_dir / "cv.json").write_text(json.dumps(summary, indent=2) + "\n")
+    summary_name = "cv.json" if args.metrics_file == "metrics.json" else f"cv_{Path(args.metrics_file).stem}.json"
+    (output_dir / summary_name).write_text(json.dumps(summary, indent=2) + "\n")
     logger.info(
         "%d folds: accuracy %.3f ± %.3f (pooled %.3f over %d clips) -> %s",
-        len(folds), summary["mean_accuracy"], summary["std_accuracy"], summary["pooled_accuracy"], summary["n"], output_dir / "cv.json",
+        len(folds), summary["mean_accuracy"], summary["std_accuracy"], summary["pooled_accuracy"], summary["n"], output_dir / summary_name,
     )
     return 0
 

@@ -1,20 +1,20 @@
 #!/usr/bin/env bash
-# How the bundled recipe was chosen: 5-fold actor cross-validation on RAVDESS actors 1-20 (actors
+# How the TDNN recipe (the bundled model before the Whisper encoder; models/ser-ravdess-tdnn) was chosen: 5-fold actor cross-validation on RAVDESS actors 1-20 (actors
 # 21-24, the test set, are excluded from every fold), one single-member model per fold, for each
-# candidate. Writes models/ser-ravdess/cv/<candidate>.json, which model_card.md quotes.
+# candidate. Writes models/ser-ravdess-tdnn/cv/<candidate>.json, which model_card.md quotes.
 # Two folds train at a time, one CPU thread each. Needs ../shared/data.
 # Usage: scripts/cross_validate_recipes.sh [CANDIDATE ...]   (no names: all candidates)
 set -euo pipefail
 SELECTED=" $* "
 cd "$(dirname "$0")/.."
 DATA=${DATA:-../shared/data}
-MODEL=models/ser-ravdess
+MODEL=models/ser-ravdess-tdnn
 
 candidate() {  # NAME CONFIG_OVERRIDES [more train.py flags]
     local name=$1 overrides=$2
     shift 2
     if [[ "$SELECTED" != "  " && "$SELECTED" != *" $name "* ]]; then return 0; fi
-    python -m scripts.cross_validate configs/bundled_model.json --output_dir "runs/cv/$name" --jobs 2 \
+    python -m scripts.cross_validate configs/tdnn_ensemble.json --output_dir "runs/cv/$name" --jobs 2 \
         -- --data_dir "$DATA/ravdess" --config_overrides "ensemble_size=1,$overrides" "$@"
     mkdir -p "$MODEL/cv" && cp "runs/cv/$name/cv.json" "$MODEL/cv/$name.json"
 }

@@ -62,3 +62,39 @@ def augment_waveform(waveform: np.ndarray, rng: np.random.Generator, config: Aug
     if config.noise_prob > 0 and rng.random() < config.noise_prob:
         waveform = add_noise(waveform, rng, config.noise_snr_db_range)
     return waveform
+
+
+#: Fixed (deterministic) copies of a training clip, for models whose frozen encoder output is cached
+#: once per copy: ``speed=<factor>`` (tempo, pitch and formants together) or ``noise_snr_db=<dB>``.
+FIXED_COPY_KINDS = ("speed", "noise_snr_db")
+
+
+def parse_fixed_copies(spec: str | None) -> list[str]:
+    """``"speed=0.88,speed=1.12"`` -> ``["speed=0.88", "speed=1.12"]``, each checked."""
+    copies = []
+    for item in (part.strip() for part in (spec or "").split(",")):
+        if not item:
+            continue
+        kind, separator, raw = item.partition("=")
+        try:
+            value = float(raw)
+        except ValueError:
+            value = None
+        if not separator or kind not in FIXED_COPY_KINDS or value is None or (kind == "speed" and not 0.5 <= value <= 2.0):
+            raise ValueError(
+                f"Bad fixed copy {item!r}: expected speed=<factor in 0.5..2> or noise_snr_db=<dB>, comma-separated "
+                "(e.g. 'speed=0.88,speed=1.12,noise_snr_db=20')."
+            )
+        copies.append(f"{kind}={value:g}")
+    return copies
+
+
+def fixed_copy(waveform: np.ndarray, copy: str, sample_rate: int, seed: int) -> np.ndarray:
+    """The copy of ``waveform`` that ``copy`` names (see :func:`parse_fixed_copies`); ``seed`` fixes its noise."""
+    kind, _, raw = copy.partition("=")
+    value = float(raw)
+    if kind == "speed":
+        return speed_perturb(waveform, np.random.default_rng(seed), (value,), sample_rate)
+    if kind == "noise_snr_db":
+        return add_noise(waveform, np.random.default_rng(seed), (value, value))
+    raise ValueError(f"Unknown fixed copy {copy!r}")

@@ -27,6 +27,7 @@ from typing import Protocol
 
 import numpy as np
 
+from .adaptation import AdaptationPlan, AdaptationUnsupportedError, adapted_probabilities, check_mode, plan_adaptation
 from .audio import AudioError, load_audio
 from .augment import add_noise
 from .corpus import Clip, CorpusError, normalise_speaker_id, scan_corpus
@@ -173,11 +174,15 @@ class InferenceResult:
     inference_s: float
     #: Per scored clip (``clips`` order): the quality gate's problem codes; ``None`` when not checked.
     quality_codes: list[list[str]] | None = None
+    #: Which statistics each clip was standardised with (``None``: no adaptation asked for).
+    adaptation: AdaptationPlan | None = None
 
 
-def _predict_batch(classifier: Classifier, batch: list[tuple[Clip, np.ndarray]], unreadable: list[dict]) -> list[tuple[Clip, np.ndarray]]:
+def _predict_batch(
+    score: Callable[[list[np.ndarray]], np.ndarray], batch: list[tuple[Clip, np.ndarray]], unreadable: list[dict]
+) -> list[tuple[Clip, np.ndarray]]:
     try:
-        rows = classifier.predict_proba([waveform for _, waveform in batch])
+        rows = score([waveform for _, waveform in batch])
         return [(clip, row) for (clip, _), row in zip(batch, rows)]
     except AudioError:
         if len(batch) == 1:
@@ -186,7 +191,7 @@ def _predict_batch(classifier: Classifier, batch: list[tuple[Clip, np.ndarray]],
     scored = []
     for clip, waveform in batch:
         try:
-            scored.append((clip, classifier.predict_proba([waveform])[0]))
+            scored.append((clip, score([waveform])[0]))
         except AudioError as error:
             unreadable.append({"path": clip.path, "reason": f"{type(error).__name__}: {error}"})
     return scored
@@ -199,16 +204,22 @@ def run_inference(
     progress: bool = True,
     quality: QualityConfig | None = None,
     transform: Callable[[np.ndarray, int], np.ndarray] | None = None,
+    adapt: str = "none",
 ) -> InferenceResult:
     """Load each clip with the shared loader and score it; long clips are windowed by the predictor.
 
     ``quality``: also run the quality gate on each clip (recorded, not acted on).
     ``transform(waveform, clip_index)``: applied after loading (e.g. added noise).
+    ``adapt`` (``ser.adaptation``): ``corpus`` / ``speaker`` embed every clip first, then classify each
+    with the statistics of all clips scored / of its speaker (``clip.speaker``); no labels are used.
     """
     from tqdm.auto import tqdm
 
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
+    check_mode(adapt)
+    # Adapting: the first pass keeps embeddings (the statistics need every clip), the second classifies.
+    score = classifier.embed_batch if adapt != "none" else classifier.predict_proba
     started = time.perf_counter()
     unreadable: list[dict] = []
     scored: list[tuple[Clip, np.ndarray]] = []
@@ -226,17 +237,26 @@ def run_inference(
             logger.warning("Unreadable %s: %s", clip.path, error)
             unreadable.append({"path": clip.path, "reason": f"{type(error).__name__}: {error}"})
         if len(batch) == batch_size:
-            scored += _predict_batch(classifier, batch, unreadable)
+            scored += _predict_batch(score, batch, unreadable)
             batch = []
     if batch:
-        scored += _predict_batch(classifier, batch, unreadable)
-    probabilities = np.stack([row for _, row in scored]) if scored else np.zeros((0, len(classifier.labels)))
+        scored += _predict_batch(score, batch, unreadable)
+    plan = None
+    if adapt != "none":
+        embeddings = np.stack([row for _, row in scored]) if scored else np.zeros((0, *classifier.embedding_shape), np.float32)
+        # (corpus, speaker): ids of different corpora in one folder (Audio Emotions) can collide.
+        speakers = [f"{clip.corpus}:{clip.speaker}" if clip.speaker is not None else None for clip, _ in scored]
+        plan = plan_adaptation(embeddings, adapt, speakers)
+        probabilities = adapted_probabilities(classifier, embeddings, plan)
+    else:
+        probabilities = np.stack([row for _, row in scored]) if scored else np.zeros((0, len(classifier.labels)))
     return InferenceResult(
         clips=[clip for clip, _ in scored],
         probabilities=probabilities,
         unreadable=unreadable,
         inference_s=time.perf_counter() - started,
         quality_codes=[codes[id(clip)] for clip, _ in scored] if quality is not None else None,
+        adaptation=plan,
     )
 
 
@@ -355,10 +375,12 @@ def noise_robustness(
     batch_size: int = 8,
     seed: int = 0,
     progress: bool = True,
+    adapt: str = "none",
 ) -> dict:
     """Accuracy with white noise added at each SNR (relative to each clip's mean power).
 
     The noise of clip ``i`` comes from ``default_rng([seed, i])``: the same at every run and batch size.
+    ``adapt``: as the clean run; the statistics are then computed from the noisy clips.
     """
     y_true = [clip.label for clip in clips]
     present = present_labels(y_true, labels)
@@ -381,7 +403,7 @@ def noise_robustness(
         def noisy(waveform: np.ndarray, index: int, snr: float = snr) -> np.ndarray:
             return add_noise(waveform, np.random.default_rng([seed, index]), (snr, snr))
 
-        result = run_inference(classifier, clips, batch_size=batch_size, progress=progress, transform=noisy)
+        result = run_inference(classifier, clips, batch_size=batch_size, progress=progress, transform=noisy, adapt=adapt)
         if len(result.clips) != len(clips):
             raise RuntimeError(f"{len(clips) - len(result.clips)} clips failed with noise added at {snr:g} dB.")
         rows.append(row(float(snr), result.probabilities))
@@ -544,6 +566,30 @@ def _robustness_report(metrics: Mapping) -> list[str]:
     return lines
 
 
+def adaptation_sentence(metrics: Mapping) -> str:
+    """What report.md says about the standardisation statistics the clips were scored with."""
+    adapt = metrics.get("adapt") or "none"
+    if adapt == "none":
+        return "**Adaptation**: none; every clip was scored on its own, with the training set's statistics (as the app scores a single clip)."
+    details = metrics.get("adaptation") or {}
+    text = (
+        f"**Adaptation**: `--adapt {adapt}`. Each clip's embedding was standardised with statistics computed from "
+        + ("all the clips scored here" if adapt == "corpus" else "its own speaker's clips here")
+        + ". This used **no labels**, but it **did see the test clips** (unlabeled) before scoring them, "
+        "so these numbers are for a setting where a batch of the speaker's or corpus's audio is available, not for one clip alone."
+    )
+    if adapt == "speaker":
+        reasons = details.get("fallback_reasons") or {}
+        text += (
+            f" {len(details.get('speakers', {}))} speakers had their own statistics; {details.get('fallback_to_corpus_clips', 0)} clips got the "
+            f"corpus statistics instead ({reasons.get('no_speaker', 0)} with no speaker parsed from the file name, "
+            f"{reasons.get('speaker_has_too_few_clips', 0)} whose speaker has fewer than {details.get('min_clips')} clips)."
+        )
+    if details.get("training_statistics_clips"):
+        text += f" Too few clips to adapt: {details['training_statistics_clips']} clips kept the training statistics."
+    return text
+
+
 def render_report(metrics: Mapping) -> str:
     """Markdown tables for a model card: overall, per class, per speaker, confusion matrix."""
     restricted = metrics["restricted"]
@@ -554,6 +600,8 @@ def render_report(metrics: Mapping) -> str:
         f" ({len(metrics['unreadable'])} unreadable, {len(metrics['skipped_folders'])} folders skipped)."
         " **Open**: argmax over all model labels (a class the corpus lacks counts as wrong)."
         f" **Restricted**: argmax over the classes present ({', '.join(restricted['labels'])}).",
+        "",
+        adaptation_sentence(metrics),
         "",
         *_table(
             ["Scoring", "Accuracy (95% CI)", "Macro-F1 (95% CI)", "UAR", "n"],
@@ -638,15 +686,23 @@ def evaluate_corpus(
     confidence_threshold: float = DEFAULT_CONFIDENCE_THRESHOLD,
     snr_db: Sequence[float] = (),
     noise_seed: int = 0,
+    adapt: str = "none",
 ) -> dict:
     """Select, score and write every output; returns the metrics.json content.
 
     ``quality``: the gate whose verdicts are reported (``None``: not run). ``snr_db``: also score
-    with white noise at each SNR (``noise_robustness``).
+    with white noise at each SNR (``noise_robustness``). ``adapt``: ``none``, ``corpus`` or
+    ``speaker`` (see :func:`run_inference`; recorded as ``adapt`` and ``adaptation``).
 
     ``started_at`` (a ``time.perf_counter()`` value) lets the caller include model loading in ``wall_time_s``.
     """
     started_at = time.perf_counter() if started_at is None else started_at
+    check_mode(adapt)
+    if adapt != "none" and not getattr(classifier, "supports_adaptation", False):
+        raise AdaptationUnsupportedError(
+            f"--adapt {adapt}: {classifier.name} has no utterance embedding with swappable statistics; only models with one "
+            "(WhisperSer) can adapt. Use --adapt none."
+        )
     exclude_labels = list(exclude_labels)
     labels = list(classifier.labels)
     selection = select_clips(data_dir, labels, label_map=label_map, exclude_labels=exclude_labels, speakers=speakers)
@@ -654,7 +710,7 @@ def evaluate_corpus(
         "%d clips in %d classes (%s) from %s", len(selection.clips), len(selection.label_mapping),
         ", ".join(f"{folder}->{label}" for folder, label in selection.label_mapping.items()), selection.root,
     )
-    inference = run_inference(classifier, selection.clips, batch_size=batch_size, progress=progress, quality=quality)
+    inference = run_inference(classifier, selection.clips, batch_size=batch_size, progress=progress, quality=quality, adapt=adapt)
     if not inference.clips:
         raise CorpusError(f"None of the {len(selection.clips)} clips could be read; first error: {inference.unreadable[0]['reason']}")
     y_true = [clip.label for clip in inference.clips]
@@ -678,6 +734,8 @@ def evaluate_corpus(
         batch_size=batch_size,
         bootstrap_resamples=n_resamples,
         inference_s=round(inference.inference_s, 3),
+        adapt=adapt,
+        adaptation=inference.adaptation.to_dict() if inference.adaptation is not None else None,
     )
     correct = [predicted == true for predicted, true in zip(open_pred, y_true)]
     metrics["confidence_threshold"] = confidence_threshold
@@ -688,7 +746,7 @@ def evaluate_corpus(
                     len(inference.clips), metrics["quality_gate"]["by_reason"])
     if snr_db:
         metrics["noise_robustness"] = noise_robustness(
-            classifier, inference.clips, snr_db, inference.probabilities, labels, batch_size, noise_seed, progress
+            classifier, inference.clips, snr_db, inference.probabilities, labels, batch_size, noise_seed, progress, adapt
         )
     metrics["wall_time_s"] = round(time.perf_counter() - started_at, 3)
     write_outputs(Path(output_dir), metrics, inference, labels, open_pred, restricted_pred)

@@ -176,16 +176,33 @@ class AppMetrics:
 
 @dataclass
 class Readiness:
-    """What ``GET /health`` reports: 503 until the model is loaded and warmed up, then 200."""
+    """What ``GET /health`` reports: 503 until the model is loaded and warmed up, then 200.
+
+    With a backend choice (:meth:`ser.backends.BackendChoice.to_dict`) the body also says why that
+    backend serves: ``backend_reason``, ``backend_automatic``, ``hardware`` (CPU model, PyTorch's
+    kernel level, bf16 / VNNI / AMX, the GPU), ``backend_timings_ms`` (the candidates timed on the
+    warm-up clip) and ``backend_excluded`` (the ones left out, and why).
+    """
 
     model: str | None = None
     backend: str | None = None
     ready: bool = False
+    backend_choice: dict | None = None
 
-    def mark_ready(self, model: str, backend: str) -> None:
+    def mark_ready(self, model: str, backend: str, backend_choice: Mapping | None = None) -> None:
         self.model, self.backend, self.ready = model, backend, True
+        self.backend_choice = dict(backend_choice) if backend_choice is not None else None
 
     def body(self) -> dict:
         if not self.ready:
             return {"status": "starting"}
-        return {"status": "ok", "model": self.model, "backend": self.backend}
+        body = {"status": "ok", "model": self.model, "backend": self.backend}
+        if self.backend_choice is not None:
+            body.update(
+                backend_reason=self.backend_choice.get("reason"),
+                backend_automatic=self.backend_choice.get("automatic"),
+                hardware=self.backend_choice.get("hardware"),
+                backend_timings_ms=self.backend_choice.get("timings_ms", {}),
+                backend_excluded=self.backend_choice.get("excluded", {}),
+            )
+        return body

@@ -3,24 +3,33 @@
 Kept in three steps like the transformers audio pipeline (preprocess -> forward -> postprocess),
 so the app, the evaluation script and batch prediction all run exactly the same code. Labels are
 read from the model's own ``config.id2label``; the sample rate from its feature extractor.
+
+A model with an utterance embedding and swappable standardisation statistics (``classify_embedding``,
+e.g. WhisperSer) is served in two parts: the backend runs only the embedding step, and a copy of the
+small head stays in torch fp32 here, so every backend gives embeddings and a clip can be classified
+with the training statistics (the default) or a speaker's / corpus's own (``ser.statistics``).
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
 from transformers import AutoFeatureExtractor, AutoModelForAudioClassification
 
 from . import models as _register_models  # noqa: F401  (registers the package's own architectures)
+from .adaptation import AdaptationUnsupportedError
 from .audio import EmptyAudioError, load_audio
-from .backends import build_backend, resolve_backend
+from .backends import BackendChoice, choose_and_build, requested_backend
+from .statistics import EmbeddingStatistics
 
 logger = logging.getLogger(__name__)
 
@@ -32,10 +41,49 @@ MODEL_ENV_VAR = "SER_MODEL"
 #: Clips longer than this are scored window by window and the probabilities averaged, so memory
 #: stays bounded whatever the length.
 DEFAULT_WINDOW_S = 20.0
+#: The warm-up clip: run once at load (so the first user does not pay for lazy initialisation) and,
+#: for the automatic backend choice, the clip every candidate is timed on. 3 s is a typical request.
+WARMUP_CLIP_S = 3.0
 
 
 class ModelNotConfiguredError(RuntimeError):
     """No model was given and the bundled one is missing."""
+
+
+#: Sub-modules that only the embedding step of a ``classify_embedding`` model uses (WhisperSer's
+#: log-mel and encoder): left out of the head's copy, which would otherwise duplicate the encoder.
+_EMBEDDING_ONLY_MODULES = ("log_mel", "encoder")
+
+
+class _BackendOutput(NamedTuple):
+    # Named ``logits`` because that is the field every backend reads; here it is the embedding.
+    logits: torch.Tensor
+
+
+class UtteranceEmbedder(torch.nn.Module):
+    """The embedding step of a ``classify_embedding`` model, flattened to ``(batch, layers * features)``:
+    what the backends run (export, bf16, cuda) for such a model. ``config`` is the model's, so cache
+    fingerprints and the exporter see the model they serve."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+        self.config = model.config
+
+    def forward(self, input_values: torch.Tensor, attention_mask: torch.Tensor | None = None) -> _BackendOutput:
+        return _BackendOutput(self.model.embed(input_values, attention_mask).flatten(1))
+
+
+def supports_adaptation(model: torch.nn.Module) -> bool:
+    return callable(getattr(model, "classify_embedding", None)) and callable(getattr(model, "embed", None))
+
+
+def _head_copy(model: torch.nn.Module) -> torch.nn.Module:
+    """A torch fp32 copy of the model without its embedding-only modules (they map to empty modules in
+    the deepcopy memo), so the head and its training statistics survive whatever the backend does to
+    the original (bf16 in place, moved to the GPU, freed after ONNX export)."""
+    memo = {id(getattr(model, name)): torch.nn.Module() for name in _EMBEDDING_ONLY_MODULES if isinstance(getattr(model, name, None), torch.nn.Module)}
+    return copy.deepcopy(model, memo).float().eval()
 
 
 def resolve_model_path(model_name_or_path: str | os.PathLike | None = None) -> str:
@@ -70,9 +118,13 @@ class EmotionClassifier:
     """A frozen audio-classification model with its feature extractor, served by one backend.
 
     ``backend`` (see :data:`ser.backends.BACKENDS`) decides how ``forward`` runs: ``torch`` is the
-    fp32 reference; the ONNX backends do not keep the torch module after export (``self.model`` is
-    then ``None``; ``self.config`` stays). ``release_model=True`` also frees its weights (set by
-    ``from_pretrained``, which owns the model it loads).
+    fp32 reference; ``None`` chooses for this machine (:func:`ser.backends.choose_and_build`, which
+    times the candidates on :meth:`warmup_clip`); ``self.backend_choice`` says what was chosen and
+    why. The ONNX backends do not keep the torch module after export (``self.model`` is then
+    ``None``; ``self.config`` stays). ``release_model=True`` also frees its weights (set by
+    ``from_pretrained``, which owns the model it loads). For a model with an embedding
+    (``supports_adaptation``) the backend runs its :class:`UtteranceEmbedder` (``self.model``), and
+    ``statistics=`` arguments swap the standardisation statistics (``ser.statistics``).
     """
 
     def __init__(
@@ -81,7 +133,7 @@ class EmotionClassifier:
         feature_extractor,
         name: str,
         window_s: float = DEFAULT_WINDOW_S,
-        backend: str = "torch",
+        backend: str | None = "torch",
         release_model: bool = False,
     ):
         model = model.eval()
@@ -95,13 +147,33 @@ class EmotionClassifier:
         self.labels: list[str] = [id2label[index] for index in sorted(int(key) for key in id2label)]
         self.sample_rate: int = int(feature_extractor.sampling_rate)
         self._uses_attention_mask = bool(getattr(feature_extractor, "return_attention_mask", False))
-        built = build_backend(
-            resolve_backend(backend, model.config.model_type), model, name, self.sample_rate, self._uses_attention_mask, release_torch_weights=release_model
+        # With an embedding: the backend runs the embedding step, the head stays here (see the module doc).
+        self._head: torch.nn.Module | None = _head_copy(model) if supports_adaptation(model) else None
+        self.embedding_shape: tuple[int, ...] | None = None
+        if self._head is not None:
+            self.embedding_shape = tuple(self._head.embedding_mean.shape)
+            model = UtteranceEmbedder(model)
+        built, choice = choose_and_build(
+            model,
+            name,
+            self.sample_rate,
+            self._uses_attention_mask,
+            warmup_inputs=lambda: self.preprocess([self.warmup_clip()]),
+            requested=requested_backend(backend),
+            release_torch_weights=release_model,
+            # An embedding model's backend gives embeddings: candidates are compared on the head's probabilities.
+            to_probabilities=(lambda output: self.probabilities_from_embeddings(np.asarray(output).reshape(-1, *self.embedding_shape)))
+            if self._head is not None
+            else None,
         )
         self.backend: str = built.name
         self.backend_info = built
+        self.backend_choice: BackendChoice = choice
         self._runner = built.runner
-        self.model: torch.nn.Module | None = model if built.keeps_torch_model else None
+        self.model: torch.nn.Module | None = built.module
+        logger.info("Backend %s: %s [%s]", choice.name, choice.reason, choice.hardware)
+        for left_out, why in choice.excluded.items():
+            logger.info("  not %s: %s", left_out, why)
 
     @classmethod
     def from_pretrained(
@@ -109,19 +181,18 @@ class EmotionClassifier:
     ) -> "EmotionClassifier":
         """Load a local folder or a hub id (``None``: ``$SER_MODEL`` or the bundled model).
 
-        ``backend``: explicit, else ``$SER_BACKEND``, else the fastest one that agrees with fp32 for
-        this architecture (:func:`ser.backends.resolve_backend`).
+        ``backend``: explicit, else ``$SER_BACKEND``, else (or ``auto``) the fastest one that agrees
+        with fp32 on this machine (:func:`ser.backends.choose_and_build`).
         """
         name = resolve_model_path(model_name_or_path)
-        resolve_backend(backend)  # an unknown name fails before the model is loaded
+        requested = requested_backend(backend)  # an unknown name fails before the model is loaded
         started = time.perf_counter()
         feature_extractor = AutoFeatureExtractor.from_pretrained(name)
         model = AutoModelForAudioClassification.from_pretrained(name)
-        backend = resolve_backend(backend, model.config.model_type)
         kwargs.setdefault("release_model", True)  # the model was loaded here: nobody else holds it
-        classifier = cls(model, feature_extractor, name=name, backend=backend, **kwargs)
+        classifier = cls(model, feature_extractor, name=name, backend=requested, **kwargs)
         logger.info(
-            "Loaded %s (%s, backend %s) in %.1f s", name, type(model).__name__, backend, time.perf_counter() - started
+            "Loaded %s (%s, backend %s) in %.1f s", name, type(model).__name__, classifier.backend, time.perf_counter() - started
         )
         return classifier
 
@@ -136,24 +207,68 @@ class EmotionClassifier:
         )
         return dict(features)
 
-    def forward(self, inputs: dict[str, torch.Tensor]) -> np.ndarray:
-        """Features -> logits ``(batch, labels)`` as float32, on the chosen backend."""
-        return np.asarray(self._runner(inputs), dtype=np.float32)
+    def forward(self, inputs: dict[str, torch.Tensor], statistics: EmbeddingStatistics | None = None) -> np.ndarray:
+        """Features -> logits ``(batch, labels)`` as float32, on the chosen backend (for a model with an
+        embedding: the embedding there, then the head here, standardised with ``statistics``, default
+        the training set's)."""
+        if self._head is None:
+            self._check_adaptable(statistics)
+            return np.asarray(self._runner(inputs), dtype=np.float32)
+        return self.logits_from_embeddings(self._embed_features(inputs), statistics)
+
+    def _embed_features(self, inputs: dict[str, torch.Tensor]) -> np.ndarray:
+        flat = np.asarray(self._runner(inputs), dtype=np.float32)
+        return flat.reshape(flat.shape[0], *self.embedding_shape)
+
+    @property
+    def supports_adaptation(self) -> bool:
+        """Whether statistics can be swapped (``embed_batch``, ``statistics=`` arguments)."""
+        return self._head is not None
+
+    def _check_adaptable(self, statistics: EmbeddingStatistics | None = None) -> None:
+        if self._head is None and statistics is not None:
+            raise AdaptationUnsupportedError(self._unsupported_message())
+        if statistics is not None and tuple(statistics.mean.shape) != self.embedding_shape:
+            raise ValueError(f"Statistics of shape {tuple(statistics.mean.shape)} do not fit this model's embedding {self.embedding_shape}.")
+
+    def _unsupported_message(self) -> str:
+        return (
+            f"{Path(self.name).name} ({self.config.model_type}) has no utterance embedding with swappable statistics, "
+            "so it cannot adapt to a speaker, corpus or recording; use a WhisperSer model (train.py on a Whisper encoder)."
+        )
+
+    @torch.inference_mode()
+    def logits_from_embeddings(self, embeddings: np.ndarray, statistics: EmbeddingStatistics | None = None) -> np.ndarray:
+        """Embeddings ``(batch, *embedding_shape)`` -> logits, standardised with ``statistics`` (default: training)."""
+        if self._head is None:
+            raise AdaptationUnsupportedError(self._unsupported_message())
+        self._check_adaptable(statistics)
+        mean = var = None
+        if statistics is not None:
+            mean = torch.from_numpy(np.asarray(statistics.mean, dtype=np.float32))
+            var = torch.from_numpy(np.asarray(statistics.variance, dtype=np.float32))
+        logits, _ = self._head.classify_embedding(torch.from_numpy(np.asarray(embeddings, dtype=np.float32)), mean, var)
+        return logits.float().numpy()
+
+    def probabilities_from_embeddings(self, embeddings: np.ndarray, statistics: EmbeddingStatistics | None = None) -> np.ndarray:
+        return self.postprocess(self.logits_from_embeddings(embeddings, statistics))
 
     def postprocess(self, logits: np.ndarray) -> np.ndarray:
         """Logits ``(batch, labels)`` -> probabilities."""
         return _softmax(logits.astype(np.float64))
 
     # -- public API ------------------------------------------------------------------------------
-    def predict_proba(self, waveforms: Sequence[np.ndarray]) -> np.ndarray:
+    def predict_proba(self, waveforms: Sequence[np.ndarray], statistics: EmbeddingStatistics | None = None) -> np.ndarray:
         """Probabilities ``(len(waveforms), len(labels))`` for 16 kHz-style waveforms at ``sample_rate``.
 
         Models without an attention mask (wav2vec2-base) would see zero padding as audio, so
-        they are run one clip at a time; the others are padded into one batch.
+        they are run one clip at a time; the others are padded into one batch. ``statistics``
+        (models with an embedding only): standardise with these instead of the training set's.
         """
-        for waveform in waveforms:
-            if len(waveform) == 0:
-                raise EmptyAudioError("The audio is empty (0 samples).")
+        self._check_adaptable(statistics)
+        if self._head is not None:
+            return self.probabilities_from_embeddings(self.embed_batch(waveforms), statistics)
+        self._check_not_empty(waveforms)
         window = int(self.window_s * self.sample_rate)
         if any(len(waveform) > window for waveform in waveforms):
             return np.stack([self._windowed_proba(waveform, window) for waveform in waveforms])
@@ -161,15 +276,51 @@ class EmotionClassifier:
             return self.postprocess(self.forward(self.preprocess(waveforms)))
         return np.concatenate([self.postprocess(self.forward(self.preprocess([waveform]))) for waveform in waveforms])
 
-    def _windowed_proba(self, waveform: np.ndarray, window: int) -> np.ndarray:
-        starts = range(0, len(waveform), window)
-        pieces = [waveform[start : start + window] for start in starts]
+    @staticmethod
+    def _check_not_empty(waveforms: Sequence[np.ndarray]) -> None:
+        for waveform in waveforms:
+            if len(waveform) == 0:
+                raise EmptyAudioError("The audio is empty (0 samples).")
+
+    @staticmethod
+    def _windows(waveform: np.ndarray, window: int) -> tuple[list[np.ndarray], np.ndarray]:
+        """(pieces of at most about ``window`` samples, their lengths as weights)."""
+        pieces = [waveform[start : start + window] for start in range(0, len(waveform), window)]
         # A short tail is merged into the previous window rather than scored on its own.
         if len(pieces) > 1 and len(pieces[-1]) < window // 4:
             pieces[-2] = np.concatenate([pieces[-2], pieces.pop()])
+        return pieces, np.array([len(piece) for piece in pieces], dtype=np.float64)
+
+    def _windowed_proba(self, waveform: np.ndarray, window: int) -> np.ndarray:
+        pieces, weights = self._windows(waveform, window)
         probabilities = np.concatenate([self.postprocess(self.forward(self.preprocess([piece]))) for piece in pieces])
-        weights = np.array([len(piece) for piece in pieces], dtype=np.float64)
         return (probabilities * weights[:, None]).sum(axis=0) / weights.sum()
+
+    def embed_batch(self, waveforms: Sequence[np.ndarray]) -> np.ndarray:
+        """Utterance embeddings ``(len(waveforms), *embedding_shape)`` float32, before any standardisation:
+        what speaker / corpus statistics are computed from (``EmbeddingStatistics.of``).
+
+        A clip longer than the window is embedded window by window and the embeddings averaged,
+        weighted by length (for the mean features that is exactly the whole clip's), so every clip
+        has one embedding, classified like any other. Raises :class:`AdaptationUnsupportedError`
+        for a model without one.
+        """
+        if self._head is None:
+            raise AdaptationUnsupportedError(self._unsupported_message())
+        self._check_not_empty(waveforms)
+        if not waveforms:
+            return np.zeros((0, *self.embedding_shape), np.float32)
+        window = int(self.window_s * self.sample_rate)
+        if any(len(waveform) > window for waveform in waveforms):
+            return np.stack([self._windowed_embedding(waveform, window) for waveform in waveforms])
+        if self._uses_attention_mask or len(waveforms) == 1:
+            return self._embed_features(self.preprocess(waveforms))
+        return np.concatenate([self._embed_features(self.preprocess([waveform])) for waveform in waveforms])
+
+    def _windowed_embedding(self, waveform: np.ndarray, window: int) -> np.ndarray:
+        pieces, weights = self._windows(waveform, window)
+        embeddings = np.concatenate([self._embed_features(self.preprocess([piece])) for piece in pieces]).astype(np.float64)
+        return (np.tensordot(weights, embeddings, axes=1) / weights.sum()).astype(np.float32)
 
     def _to_prediction(self, probabilities: np.ndarray, num_samples: int) -> Prediction:
         best = int(np.argmax(probabilities))
@@ -180,17 +331,36 @@ class EmotionClassifier:
             duration_s=num_samples / self.sample_rate,
         )
 
-    def classify_batch(self, waveforms: Sequence[np.ndarray]) -> list[Prediction]:
-        probabilities = self.predict_proba(waveforms)
+    def classify_batch(self, waveforms: Sequence[np.ndarray], statistics: EmbeddingStatistics | None = None) -> list[Prediction]:
+        """One :class:`Prediction` per waveform; ``statistics``: see :meth:`predict_proba`."""
+        probabilities = self.predict_proba(waveforms, statistics)
         return [self._to_prediction(row, len(waveform)) for row, waveform in zip(probabilities, waveforms)]
 
-    def classify_waveform(self, waveform: np.ndarray) -> Prediction:
-        return self.classify_batch([waveform])[0]
+    def classify_embeddings(
+        self, embeddings: np.ndarray, num_samples: Sequence[int], statistics: EmbeddingStatistics | None = None
+    ) -> list[Prediction]:
+        """Predictions from embeddings already computed by :meth:`embed_batch` (the second pass of an
+        adapted run: embed everything, compute the statistics, then classify); ``num_samples`` per clip
+        gives ``duration_s``."""
+        probabilities = self.probabilities_from_embeddings(embeddings, statistics)
+        return [self._to_prediction(row, samples) for row, samples in zip(probabilities, num_samples)]
 
-    def classify_file(self, path: str | os.PathLike) -> Prediction:
-        return self.classify_waveform(load_audio(path, self.sample_rate))
+    def classify_waveform(self, waveform: np.ndarray, statistics: EmbeddingStatistics | None = None) -> Prediction:
+        return self.classify_batch([waveform], statistics)[0]
 
-    def warmup(self, duration_s: float = 1.0) -> None:
-        """One throw-away forward pass so the first user does not pay for lazy initialisation."""
+    def classify_file(self, path: str | os.PathLike, statistics: EmbeddingStatistics | None = None) -> Prediction:
+        return self.classify_waveform(load_audio(path, self.sample_rate), statistics)
+
+    def warmup_clip(self, duration_s: float = WARMUP_CLIP_S) -> np.ndarray:
+        """A fixed voiced-sounding clip (a tone with harmonics and a moving pitch, plus noise): it
+        exercises the model like speech does, unlike silence, and is the same at every start."""
         rng = np.random.default_rng(0)
-        self.predict_proba([rng.normal(0, 0.05, int(duration_s * self.sample_rate)).astype(np.float32)])
+        time_s = np.arange(int(duration_s * self.sample_rate)) / self.sample_rate
+        pitch_hz = 140.0 + 30.0 * np.sin(2 * np.pi * 0.7 * time_s)
+        phase = 2 * np.pi * np.cumsum(pitch_hz) / self.sample_rate
+        tone = sum(np.sin(harmonic * phase) / harmonic for harmonic in range(1, 6))
+        return (0.2 * tone + 0.02 * rng.standard_normal(time_s.size)).astype(np.float32)
+
+    def warmup(self, duration_s: float = WARMUP_CLIP_S) -> None:
+        """One throw-away forward pass so the first user does not pay for lazy initialisation."""
+        self.predict_proba([self.warmup_clip(duration_s)])

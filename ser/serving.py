@@ -597,7 +597,12 @@ def create_serving(
     metrics = AppMetrics(classifier.labels, prior, confidence_threshold, config.drift_window)
     uploads = UploadRegistry(get_upload_folder(), config.upload_ttl_s, example_files)
     readiness = Readiness()
-    readiness.mark_ready(Path(classifier.name).name if Path(classifier.name).is_dir() else classifier.name, classifier.backend)
+    choice = getattr(classifier, "backend_choice", None)
+    readiness.mark_ready(
+        Path(classifier.name).name if Path(classifier.name).is_dir() else classifier.name,
+        classifier.backend,
+        choice.to_dict() if choice is not None else None,
+    )
     state = ServingState(metrics, uploads, readiness, config.max_upload_mb)
     guard = RequestGuard(metrics, uploads, config.request_timeout_s, concurrency_limit, user_errors)
     return state, guard

@@ -11,6 +11,12 @@ memory at once):
    and cut out each segment as its blocks go by, classifying them in batches with
    ``EmotionClassifier.predict_proba``.
 
+A long recording is one voice and one room, so with a model that can adapt
+(``EmotionClassifier.supports_adaptation``) the second pass keeps each segment's embedding, and once
+the recording has at least ``min_adaptation_segments`` segments they are all standardised with the
+recording's own statistics instead of the training set's (``TimelineConfig.adapt``, on by default;
+``Timeline.adapted`` and each segment's ``adapted`` say whether it was done).
+
 The recording as a whole goes through the same gate as single clips (except the duration
 limit): a silent, speechless or clipped recording raises :class:`ser.quality.UnusableAudioError`.
 """
@@ -27,6 +33,7 @@ from pathlib import Path
 import numpy as np
 import soundfile
 
+from .adaptation import MIN_ADAPTATION_CLIPS
 from .audio import DEFAULT_BLOCK_S, EmptyAudioError, iter_audio_blocks, resample
 from .quality import (
     DEFAULT_CONFIDENCE_THRESHOLD,
@@ -39,6 +46,7 @@ from .quality import (
     get_speech_detector,
     level_dbfs,
 )
+from .statistics import EmbeddingStatistics
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +73,13 @@ class TimelineConfig:
     refuse_unusable: bool = field(
         default=True, metadata={"help": "Raise UnusableAudioError when the recording fails the gate (else: report only)."}
     )
+    adapt: bool = field(
+        default=True,
+        metadata={"help": "Standardise every segment with the recording's own statistics (models with an embedding only)."},
+    )
+    min_adaptation_segments: int = field(
+        default=MIN_ADAPTATION_CLIPS, metadata={"help": "Fewest segments whose statistics replace the training set's."}
+    )
 
     def vad_config(self) -> QualityConfig:
         return dataclasses.replace(self.gate, min_silence_s=self.merge_gap_s, speech_pad_s=self.speech_pad_s)
@@ -78,9 +93,11 @@ class TimelineSegment:
     confidence: float
     uncertain: bool
     probabilities: dict[str, float]
+    #: Standardised with the recording's own statistics (else the training set's).
+    adapted: bool = False
 
     def to_dict(self) -> dict:
-        """The API shape: ``{start_s, end_s, label, confidence, uncertain, probabilities}``."""
+        """The API shape: ``{start_s, end_s, label, confidence, uncertain, probabilities, adapted}``."""
         return {
             "start_s": round(self.start_s, 3),
             "end_s": round(self.end_s, 3),
@@ -88,6 +105,7 @@ class TimelineSegment:
             "confidence": self.confidence,
             "uncertain": self.uncertain,
             "probabilities": dict(self.probabilities),
+            "adapted": self.adapted,
         }
 
 
@@ -97,6 +115,9 @@ class Timeline:
     segments: list[TimelineSegment]
     quality: QualityReport
     confidence_threshold: float
+    #: Whether the segments were standardised with the recording's own statistics, and why (not).
+    adapted: bool = False
+    adaptation_note: str = ""
 
     def records(self) -> list[dict]:
         return [segment.to_dict() for segment in self.segments]
@@ -205,18 +226,16 @@ def build_timeline(
     )
     rate = classifier.sample_rate
     ranges = [(int(round(start * rate)), int(round(end * rate))) for start, end in planned]
-    segments: list[TimelineSegment] = []
+    # Adapting: keep the embeddings (a few KB per segment, never the audio), classify at the end.
+    embedding = config.adapt and getattr(classifier, "supports_adaptation", False)
+    rows: list[np.ndarray] = []
     batch: list[np.ndarray] = []
 
     def flush() -> None:
-        probabilities = classifier.predict_proba(batch)
-        for row in probabilities:
-            start_s, end_s = planned[len(segments)]
-            answer = decide(dict(zip(classifier.labels, row.tolist())), config.confidence_threshold)
-            segments.append(TimelineSegment(start_s, end_s, answer.label, answer.confidence, answer.uncertain, answer.probabilities))
+        rows.extend(classifier.embed_batch(batch) if embedding else classifier.predict_proba(batch))
         batch.clear()
         if progress is not None:
-            progress(_VAD_SHARE + (1 - _VAD_SHARE) * len(segments) / len(planned), f"Classified {len(segments)}/{len(planned)} segments")
+            progress(_VAD_SHARE + (1 - _VAD_SHARE) * len(rows) / len(planned), f"Classified {len(rows)}/{len(planned)} segments")
 
     if ranges:
         for waveform in _cut_segments(open_blocks(rate), ranges):
@@ -225,7 +244,28 @@ def build_timeline(
                 flush()
         if batch:
             flush()
-    return Timeline(duration_s, segments, report, config.confidence_threshold)
+    adapted, note = False, ""
+    if not config.adapt:
+        note = "not adapted to the recording (turned off)"
+    elif not embedding:
+        note = "not adapted to the recording: this model cannot adapt"
+    if embedding and rows:
+        embeddings = np.stack(rows)
+        adapted = len(rows) >= config.min_adaptation_segments
+        statistics = EmbeddingStatistics.of(embeddings) if adapted else None
+        probabilities = classifier.probabilities_from_embeddings(embeddings, statistics)
+        note = (
+            f"adapted to this recording ({len(rows)} segments)"
+            if adapted
+            else f"not adapted to the recording: {len(rows)} segments, at least {config.min_adaptation_segments} needed"
+        )
+    else:
+        probabilities = np.asarray(rows)
+    segments = []
+    for (start_s, end_s), row in zip(planned, probabilities):
+        answer = decide(dict(zip(classifier.labels, row.tolist())), config.confidence_threshold)
+        segments.append(TimelineSegment(start_s, end_s, answer.label, answer.confidence, answer.uncertain, answer.probabilities, adapted))
+    return Timeline(duration_s, segments, report, config.confidence_threshold, adapted, note)
 
 
 def _probe_duration_s(path: Path) -> float | None:
@@ -264,7 +304,8 @@ def timeline_for_waveform(
     progress: ProgressCallback | None = None,
     detector: SpeechDetector | None = None,
 ) -> Timeline:
-    """Emotion timeline of a mono float waveform already in memory."""
+    """Emotion timeline of a mono float waveform already in memory, as the loader gives it
+    (:func:`ser.audio.prepare_waveform`: DC offset removed; raw samples should go through it first)."""
     config = config or TimelineConfig()
     waveform = np.asarray(waveform, dtype=np.float32)
 

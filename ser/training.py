@@ -279,3 +279,31 @@ def format_model_card(
         lines.append(f"| {name} | {part['num_clips']} | {speakers} |")
     lines += ["", "## Reproduce", "", "```bash", command, "```", ""]
     return "\n".join(lines)
+
+
+class EmbeddingDataset(Dataset):
+    """Precomputed utterance embeddings (a frozen encoder's, see ``ser.embeddings``) + label ids, and
+    optionally per-clip standardisation statistics (e.g. each clip's speaker's)."""
+
+    def __init__(self, embeddings: np.ndarray, label_ids: Sequence[int], statistics: Sequence | None = None):
+        if len(embeddings) != len(label_ids) or (statistics is not None and len(statistics) != len(label_ids)):
+            raise ValueError(f"{len(embeddings)} embeddings, {len(label_ids)} labels and {len(statistics or [])} statistics.")
+        self.embeddings = torch.from_numpy(np.ascontiguousarray(embeddings, dtype=np.float32))
+        self.label_ids = [int(label_id) for label_id in label_ids]
+        self.statistics = list(statistics) if statistics is not None else None
+
+    def __len__(self) -> int:
+        return len(self.label_ids)
+
+    def __getitem__(self, index: int) -> dict:
+        item = {"embedding": self.embeddings[index], "labels": self.label_ids[index]}
+        if self.statistics is not None:
+            item["statistics_mean"] = torch.from_numpy(self.statistics[index].mean).float()
+            item["statistics_var"] = torch.from_numpy(self.statistics[index].variance).float()
+        return item
+
+
+def collate_embeddings(features: list[dict]) -> dict[str, torch.Tensor]:
+    batch = {key: torch.stack([feature[key] for feature in features]) for key in features[0] if key != "labels"}
+    batch["labels"] = torch.tensor([feature["labels"] for feature in features], dtype=torch.long)
+    return batch

@@ -168,6 +168,59 @@ def tiny_pitch_tdnn_dir(tmp_path_factory) -> Path:
     return _save_tiny(config, tmp_path_factory.mktemp("tiny_pitch_tdnn"))
 
 
+TINY_WHISPER_CONFIG = dict(
+    vocab_size=120,
+    d_model=16,
+    encoder_layers=2,
+    decoder_layers=2,
+    encoder_attention_heads=2,
+    decoder_attention_heads=2,
+    encoder_ffn_dim=32,
+    decoder_ffn_dim=32,
+    num_mel_bins=80,
+    max_source_positions=1500,
+    max_target_positions=32,
+    pad_token_id=119,
+    bos_token_id=119,
+    eos_token_id=119,
+    decoder_start_token_id=118,
+)
+
+
+@pytest.fixture(scope="session")
+def tiny_whisper_checkpoint_dir(tmp_path_factory) -> Path:
+    """A randomly initialised ``WhisperForConditionalGeneration`` folder (what ``openai/whisper-base``
+    or ``scripts.import_whisper`` provide), a few thousand weights."""
+    import torch
+    from transformers import WhisperConfig, WhisperFeatureExtractor, WhisperForConditionalGeneration
+
+    directory = tmp_path_factory.mktemp("tiny_whisper")
+    torch.manual_seed(0)
+    WhisperForConditionalGeneration(WhisperConfig(**TINY_WHISPER_CONFIG)).save_pretrained(directory)
+    WhisperFeatureExtractor().save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def tiny_whisper_ser_dir(tiny_whisper_checkpoint_dir, tmp_path_factory) -> Path:
+    """The bundled model's architecture (WhisperSer: a Whisper encoder on the clip's own length, an
+    ensemble of heads), on the tiny checkpoint, with made-up training statistics."""
+    import torch
+
+    from ser.labels import DEFAULT_LABELS, label_maps
+    from ser.models.presets import feature_extractor_for
+    from ser.models.whisper_ser import from_whisper_checkpoint
+
+    torch.manual_seed(0)
+    model = from_whisper_checkpoint(str(tiny_whisper_checkpoint_dir), label_maps(DEFAULT_LABELS)[0], "layers=[1,2],ensemble_size=2,head_hidden_size=8")
+    model.embedding_mean.normal_(0.0, 0.1)
+    model.embedding_var.uniform_(0.5, 2.0)
+    directory = tmp_path_factory.mktemp("tiny_whisper_ser")
+    model.save_pretrained(directory)
+    feature_extractor_for(model.config).save_pretrained(directory)
+    return directory
+
+
 @pytest.fixture(scope="module")
 def ungated_server_url(tiny_cnn_dir, tmp_path_factory):
     """``python app.py`` on the tiny CNN with the quality gate off and threshold 0 (every clip gets a

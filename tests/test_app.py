@@ -128,10 +128,13 @@ def test_build_demo_exposes_the_documented_predict_and_timeline_endpoints(classi
     demo = app.build_demo(classifier)
 
     api = demo.get_api_info()
-    assert list(api["named_endpoints"]) == ["/predict", "/timeline"]
+    assert list(api["named_endpoints"]) == ["/predict", "/predict_calibrated", "/timeline"]
     endpoint = api["named_endpoints"]["/predict"]
     assert [parameter["component"] for parameter in endpoint["parameters"]] == ["Audio"]
     assert [returned["component"] for returned in endpoint["returns"]] == ["Label", "Markdown", "Json"]
+    calibrated = api["named_endpoints"]["/predict_calibrated"]
+    assert [parameter["component"] for parameter in calibrated["parameters"]] == ["Audio", "Json"]
+    assert [returned["component"] for returned in calibrated["returns"]] == ["Label", "Markdown", "Json", "Json"]
 
     labels = [block for block in demo.blocks.values() if isinstance(block, gr.Label)]
     assert [label.num_top_classes for label in labels] == [len(classifier.labels)]

@@ -121,5 +121,5 @@ def test_rest_error_then_success(ungated_server_url, reference, clips):
 
 def test_only_predict_and_timeline_are_public(client):
     api = client.view_api(print_info=False, return_format="dict")
-    assert list(api["named_endpoints"]) == ["/predict", "/timeline"]
+    assert list(api["named_endpoints"]) == ["/predict", "/predict_calibrated", "/timeline"]
     assert api["unnamed_endpoints"] == {}

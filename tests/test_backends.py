@@ -12,7 +12,8 @@ import torch
 from conftest import synth_clip
 
 from ser import backends
-from ser.backends import DEFAULT_BACKEND, UnknownBackendError, cache_dir_for, resolve_backend
+from ser.backends import UnknownBackendError, cache_dir_for, requested_backend
+from ser.hardware import detect_hardware, hardware_from
 from ser.predictor import EmotionClassifier
 
 # Lengths around the edges: shorter than the CNN's STFT window (400 samples), odd, 3 s.
@@ -36,13 +37,17 @@ def _long_clips() -> list[np.ndarray]:
     return [clip for clip in _clips() if len(clip) >= 1_600]
 
 
-@pytest.mark.parametrize("model_copy", ["tiny_wav2vec2_dir", "tiny_cnn_dir", "tiny_tdnn_dir", "tiny_pitch_tdnn_dir"], indirect=True)
+@pytest.mark.parametrize("model_copy", ["tiny_wav2vec2_dir", "tiny_cnn_dir", "tiny_tdnn_dir", "tiny_pitch_tdnn_dir", "tiny_whisper_ser_dir"], indirect=True)
 def test_fast_backends_agree_with_torch(model_copy):
     is_cnn = json.loads((model_copy / "config.json").read_text())["model_type"] == "emotion_cnn"
     clips = _clips() if is_cnn else _long_clips()
     reference = EmotionClassifier.from_pretrained(model_copy, backend="torch")
     expected = reference.predict_proba(clips)
+    # Every backend runs on every CPU (int8 with 7-bit weights where there is no VNNI; bf16 emulated,
+    # slowly, where there is no hardware bf16); cuda only where there is a GPU.
     tolerances = {"onnx": 1e-4, "onnx-int8": 2e-2, "bf16": 2e-2}
+    if detect_hardware().has_cuda:
+        tolerances["cuda"] = 2e-2
     for name, tolerance in tolerances.items():
         fast = EmotionClassifier.from_pretrained(model_copy, backend=name)
         assert fast.backend == name
@@ -122,18 +127,18 @@ def test_cache_location_for_hub_ids_and_read_only_folders(tmp_path, monkeypatch)
     assert read_only.parent == tmp_path / "cache" / "onnx" and read_only.name.endswith("model")
 
 
-def test_resolve_backend(monkeypatch):
+def test_requested_backend(monkeypatch):
     monkeypatch.delenv(backends.BACKEND_ENV_VAR, raising=False)
-    assert resolve_backend() == DEFAULT_BACKEND
-    assert DEFAULT_BACKEND in backends.BACKENDS and "torch" in backends.BACKENDS
+    assert requested_backend() is None  # nothing asked for: the automatic choice
+    assert requested_backend("auto") is None and requested_backend(" AUTO ") is None
     monkeypatch.setenv(backends.BACKEND_ENV_VAR, "bf16")
-    assert resolve_backend() == "bf16"
-    assert resolve_backend("Torch") == "torch"  # explicit beats the environment
-    monkeypatch.delenv(backends.BACKEND_ENV_VAR)
-    assert resolve_backend(model_type="wav2vec2") == "bf16"  # per-architecture default
-    assert resolve_backend(model_type="emotion_cnn") == DEFAULT_BACKEND
+    assert requested_backend() == "bf16"
+    assert requested_backend("Torch") == "torch"  # explicit beats the environment
+    monkeypatch.setenv(backends.BACKEND_ENV_VAR, "auto")
+    assert requested_backend() is None
+    assert {"torch", "onnx", "onnx-int8", "bf16", "cuda"} <= set(backends.BACKENDS)
     with pytest.raises(UnknownBackendError, match="onnx-int8"):
-        resolve_backend("tensorrt")
+        requested_backend("tensorrt")
 
 
 def test_env_var_selects_backend(tiny_cnn_dir, monkeypatch):
@@ -156,3 +161,37 @@ def test_int8_quantizes_only_weight_matmuls(tiny_wav2vec2_dir, tmp_path):
     # Linear layers become integer matmuls; attention (activation x activation) stays fp32; no ConvInteger.
     assert ops.count("MatMulInteger") > 0 and ops.count("MatMul") > 0
     assert "ConvInteger" not in ops
+
+
+NO_VNNI_AVX2 = hardware_from({"avx2": True, "fma3": True}, "AVX2", "AVX2-only test CPU")
+
+
+@pytest.mark.parametrize("model_copy", ["tiny_wav2vec2_dir", "tiny_tdnn_dir"], indirect=True)
+def test_int8_without_vnni_uses_7_bit_weights_and_agrees(model_copy, monkeypatch):
+    """Where ONNX Runtime's u8s8 products can saturate (AVX2, no VNNI) the int8 graph is quantized
+    with reduce_range. This CPU does have VNNI, so the check is that the 7-bit recipe is the one
+    built there and that it stays within the int8 tolerance."""
+    reference = EmotionClassifier.from_pretrained(model_copy, backend="torch")
+    monkeypatch.setattr(backends, "detect_hardware", lambda: NO_VNNI_AVX2)
+    reduced = EmotionClassifier.from_pretrained(model_copy, backend="onnx-int8")
+    metadata = json.loads(reduced.backend_info.graph_path.with_suffix(".json").read_text())
+    assert "reduce_range" in metadata["variant"]
+    clips = _long_clips()
+    assert np.abs(reduced.predict_proba(clips) - reference.predict_proba(clips)).max() < 2e-2
+    # A VNNI machine gets the full-range recipe: the fingerprint differs, so the graph is rebuilt.
+    vnni = hardware_from({"avx2": True, "avx512_f": True, "avx512_vnni": True}, "AVX512", "VNNI test CPU")
+    monkeypatch.setattr(backends, "detect_hardware", lambda: vnni)
+    full = EmotionClassifier.from_pretrained(model_copy, backend="onnx-int8")
+    assert full.backend_info.exported
+    assert "reduce_range" not in json.loads(full.backend_info.graph_path.with_suffix(".json").read_text())["variant"]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU on this machine")
+def test_cuda_backend_agrees_with_torch(tiny_tdnn_dir):
+    reference = EmotionClassifier.from_pretrained(tiny_tdnn_dir, backend="torch")
+    on_gpu = EmotionClassifier.from_pretrained(tiny_tdnn_dir, backend="cuda")
+    assert next(on_gpu.model.parameters()).is_cuda
+    clips = _long_clips()
+    assert np.abs(on_gpu.predict_proba(clips) - reference.predict_proba(clips)).max() < 2e-2
+    automatic = EmotionClassifier.from_pretrained(tiny_tdnn_dir)
+    assert automatic.backend == "cuda" and automatic.backend_choice.automatic

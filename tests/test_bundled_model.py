@@ -12,7 +12,8 @@ from conftest import SHARED_DATA, requires_shared_data, synth_clip
 from ser.labels import DEFAULT_LABELS
 from ser.predictor import BUNDLED_MODEL_DIR, EmotionClassifier
 
-MAX_REPO_MB = 25.0
+#: Issue 15's limit for the bundled Whisper-encoder model (its encoder is stored as float16).
+MAX_REPO_MB = 45.0
 #: A little under the measured accuracy on RAVDESS actors 21-24 (model_card.md), so a broken
 #: export or a preprocessing change is caught while run-to-run noise (none: inference is
 #: deterministic) is not an issue.
@@ -83,7 +84,7 @@ def test_default_confidence_threshold_follows_the_bundled_models_coverage_curve(
 
 
 def test_card_describes_cv_candidates_by_their_difference_from_the_shipped_recipe(tmp_path):
-    from scripts.make_model_card import candidates_beating_sentence, cv_candidates, cv_table, seed_averaged_sentence, seed_rerun_sentence
+    from scripts.make_model_card import best_candidate_sentence, cv_candidates, cv_table, seed_rerun_sentence
 
     def candidate(name: str, accuracies: list[float], recipe: dict, **config) -> None:
         folds = [{"speakers": [], "accuracy": accuracy, "macro_f1": 0.5, "n": 10} for accuracy in accuracies]
@@ -93,7 +94,7 @@ def test_card_describes_cv_candidates_by_their_difference_from_the_shipped_recip
 
     candidate("a_old", [0.4, 0.5], {"max_duration_s": 2.5}, channels=[8], silence_threshold_db=None, ensemble_size=1)
     candidate("b_new", [0.6, 0.7], {"max_duration_s": 2.5}, channels=[8], silence_threshold_db=35, ensemble_size=1)
-    candidate("c_long", [0.5, 0.5], {"max_duration_s": 4.0}, channels=[8], silence_threshold_db=35, ensemble_size=1)
+    candidate("c_long", [0.64, 0.65], {"max_duration_s": 4.0}, channels=[8], silence_threshold_db=35, ensemble_size=1)
     candidate("d_mixup", [0.5, 0.6], {"max_duration_s": 2.5, "mixup_alpha": 0.4}, channels=[8], silence_threshold_db=35, ensemble_size=1)
     candidate("e_seed", [0.7, 0.7], {"max_duration_s": 2.5, "seed": 1}, channels=[8], silence_threshold_db=35, ensemble_size=1)
     # The shipped recipe records mixup_alpha (its default, 0.0); the older candidates predate the flag.
@@ -102,31 +103,24 @@ def test_card_describes_cv_candidates_by_their_difference_from_the_shipped_recip
     candidates = cv_candidates(tmp_path, shipped_config, shipped_recipe)
     rows, shipped = cv_table(candidates)
     assert shipped == "b_new"
-    assert candidates_beating_sentence(candidates) == " No candidate's mean is above 0.660, so none was adopted."
     # The seed-only re-run (0.700) is no candidate; means are compared at three decimals.
-    assert candidates_beating_sentence(candidates, margin=-0.2) == " Candidates with a mean above 0.450: c_long, d_mixup."
+    assert best_candidate_sentence(candidates) == " The highest single-clip mean (0.650) is b_new's; within 0.01 of it: c_long."
+    assert best_candidate_sentence(candidates, margin=0.001) == " The highest single-clip mean (0.650) is b_new's; no other candidate is within 0.001 of it."
     assert seed_rerun_sentence(candidates).startswith(" Re-running the shipped recipe with only the seed changed moved the mean (e_seed 0.700, +0.050)")
     assert rows == [
         "| a_old | `silence_threshold_db=null` (shipped: `35`) | 0.450 ± 0.050 | 0.400 / 0.500 | 0.500 |",
         "| b_new | the shipped recipe | 0.650 ± 0.050 | 0.600 / 0.700 | 0.500 |",
-        "| c_long | `max_duration_s=4.0` (shipped: `2.5`) | 0.500 ± 0.050 | 0.500 / 0.500 | 0.500 |",
+        "| c_long | `max_duration_s=4.0` (shipped: `2.5`) | 0.645 ± 0.050 | 0.640 / 0.650 | 0.500 |",
         "| d_mixup | `mixup_alpha=0.4` (shipped: `0.0`) | 0.550 ± 0.050 | 0.500 / 0.600 | 0.500 |",
         "| e_seed | `seed=1` (shipped: `42`): the shipped recipe re-run, not a candidate | 0.700 ± 0.050 | 0.700 / 0.700 | 0.500 |",
     ]
-    assert seed_averaged_sentence(candidates) == ""  # no candidate was run at two seeds
-
-    # A candidate at two seeds: judged by its average against the shipped runs' average (0.675) + 0.02.
-    candidate("f_wide", [0.7, 0.72], {"max_duration_s": 2.5}, channels=[16], silence_threshold_db=35, ensemble_size=1)
-    candidate("g_wide_seed", [0.65, 0.67], {"max_duration_s": 2.5, "seed": 1}, channels=[16], silence_threshold_db=35, ensemble_size=1)
-    candidates = cv_candidates(tmp_path, shipped_config, shipped_recipe)
-    # f_wide alone (0.710) is above 0.660, but a candidate with two seeds is judged on its average.
-    assert candidates_beating_sentence(candidates) == " No candidate's mean is above 0.660, so none was adopted."
-    assert seed_averaged_sentence(candidates) == (
-        " A candidate run at several seeds is adopted only if its average is above the shipped recipe's runs'"
-        " (b_new, e_seed: 0.675) plus 0.02, 0.695. f_wide and g_wide_seed (one setting at 2 seeds) average 0.685:"
-        " not above it, so it was not adopted."
+    candidate("f_tie", [0.65, 0.65], {"max_duration_s": 3.0}, channels=[8], silence_threshold_db=35, ensemble_size=1)
+    assert best_candidate_sentence(cv_candidates(tmp_path, shipped_config, shipped_recipe)) == (
+        " The highest single-clip mean (0.650) is shared by b_new and f_tie; within 0.01 of it: c_long."
     )
-    assert seed_averaged_sentence(candidates, margin=0.0).endswith("average 0.685: above it.")
+    # The speaker-adapted cross-validation, where a candidate has one, is a last column.
+    adapted_rows, _ = cv_table(candidates, {"b_new": {"mean_accuracy": 0.71}})
+    assert adapted_rows[1].endswith("| 0.500 | 0.710 |") and adapted_rows[0].endswith("| 0.500 | - |")
 
 
 def test_cv_candidates_read_settings_missing_from_a_config_as_their_defaults(tmp_path):

@@ -334,6 +334,10 @@ def test_health_and_metrics_endpoints(server, tiny_cnn_dir):
     assert health.status_code == 200
     body = health.json()
     assert body["status"] == "ok" and body["model"] == Path(tiny_cnn_dir).name and body["backend"]
+    # Why that backend serves, and on what: the automatic choice unless SER_BACKEND was set.
+    assert body["backend_reason"] and body["hardware"] and isinstance(body["backend_automatic"], bool)
+    if body["backend_automatic"]:
+        assert body["backend"] in body["backend_timings_ms"] and "torch" in body["backend_timings_ms"]
     metrics = requests.get(f"{url}/metrics", timeout=10)
     assert metrics.headers["content-type"].startswith("text/plain")
     assert "ser_prediction_drift_kl" in metrics.text and "prior: uniform (no split.json" in metrics.text

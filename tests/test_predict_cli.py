@@ -132,3 +132,95 @@ def test_quality_and_uncertain_columns_follow_the_apps_rules(tiny_cnn_dir, espea
     assert main(arguments[:-4] + ["--output", str(unchecked), "--backend", "onnx", "--quality_check", "false", "--confidence_threshold", "0"]) == 0
     assert {(row["quality"], row["uncertain"]) for row in _read(unchecked)} == {("", "false")}
     assert main(arguments + ["--output", str(tmp_path / "x.csv"), "--confidence_threshold", "1.5"]) == 2
+
+
+def test_glob_and_table_file_lists(tiny_cnn_dir, clips_dir, tmp_path, capsys):
+    import pyarrow
+    import pyarrow.parquet
+
+    paths = sorted(str(path) for path in clips_dir.rglob("clip*.wav"))
+    assert list_inputs(f"{clips_dir}/**/clip*") == paths
+    assert list_inputs(f"{clips_dir}/*") == [str(clips_dir / "broken.wav"), str(clips_dir / "empty.flac")]  # audio suffixes only
+    with pytest.raises(FileNotFoundError, match="matches no audio files"):
+        list_inputs(f"{clips_dir}/*.mp3")
+    listed = [paths[2], paths[0], paths[2], paths[1]]
+    table_list = tmp_path / "list.csv"
+    table_list.write_text("speaker,path\n" + "".join(f"s{index},{path}\n" for index, path in enumerate(listed)))
+    assert list_inputs(table_list) == [paths[2], paths[0], paths[1]]  # order kept, repeats dropped
+    parquet_list = tmp_path / "list.parquet"
+    pyarrow.parquet.write_table(pyarrow.table({"path": listed, "duration_s": [1.0] * 4}), parquet_list)
+    assert list_inputs(parquet_list) == [paths[2], paths[0], paths[1]]
+
+    no_path_column = tmp_path / "files.csv"
+    no_path_column.write_text("file\n" + paths[0] + "\n")
+    assert main(["--model", str(tiny_cnn_dir), "--inputs", str(no_path_column), "--output", str(tmp_path / "x.csv")]) == 2
+    assert "needs a header with a 'path' column" in capsys.readouterr().err
+
+
+def test_parquet_output_has_the_csv_rows_and_resumes(tiny_cnn_dir, clips_dir, tmp_path):
+    import pyarrow.parquet
+
+    from ser.predict import ResultWriter, ScoredBatch
+
+    arguments = ["--model", str(tiny_cnn_dir), "--inputs", str(clips_dir), "--backend", "onnx"]
+    assert main(arguments + ["--output", str(tmp_path / "preds.csv")]) == 0
+    csv_rows = {row["path"]: row for row in _read(tmp_path / "preds.csv")}
+
+    # An interrupted Parquet run leaves the batches it finished as part files; the next run skips them.
+    output = tmp_path / "preds.parquet"
+    first = csv_rows[sorted(csv_rows)[0]]
+    labels = list(first)[5:]
+    interrupted = ResultWriter(output, tmp_path / "preds.errors.csv", labels)
+    typed = [first["path"], first["label"], float(first["confidence"]), first["uncertain"] == "true", first["quality"]]
+    interrupted.write(ScoredBatch(rows=[typed + [float(first[label]) for label in labels]]))
+    assert not output.exists() and len(list((tmp_path / "preds.parquet.parts").iterdir())) == 1
+
+    assert main(arguments + ["--output", str(output)]) == 0
+    assert not (tmp_path / "preds.parquet.parts").exists()
+    table = pyarrow.parquet.read_table(output)
+    assert table.column_names == list(first)
+    assert str(table.schema.field("uncertain").type) == "bool" and str(table.schema.field("confidence").type) == "double"
+    as_text = [
+        {name: f"{value:.6f}" if isinstance(value, float) else str(value).lower() if isinstance(value, bool) else value for name, value in row.items()}
+        for row in table.to_pylist()
+    ]
+    assert sorted(as_text, key=lambda row: row["path"]) == [csv_rows[path] for path in sorted(csv_rows)]
+    assert main(arguments + ["--output", str(output)]) == 0  # finished: nothing added
+    assert pyarrow.parquet.read_table(output).num_rows == len(csv_rows)
+    assert len(_read(tmp_path / "preds.errors.csv")) == 2
+
+
+def test_ray_engine_without_ray_says_how_to_install(tiny_cnn_dir, clips_dir, tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if not installed: importing it raises ImportError
+    arguments = ["--model", str(tiny_cnn_dir), "--inputs", str(clips_dir), "--output", str(tmp_path / "preds.csv")]
+    assert main(arguments + ["--engine", "ray"]) == 2
+    assert "pip install -r requirements-ray.txt" in capsys.readouterr().err
+    assert main(arguments + ["--ray_address", "auto"]) == 2
+    assert "need --engine ray" in capsys.readouterr().err
+
+
+def test_ray_is_imported_only_inside_the_ray_code_path():
+    """The Space and ser/ work without Ray: no module imports it when it is imported itself."""
+    import ast
+
+    def import_time_nodes(body):
+        for node in body:
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue  # runs when called, not when the module is imported
+            yield node
+            yield from import_time_nodes(ast.iter_child_nodes(node))
+
+    sources = sorted((REPO_ROOT / "ser").rglob("*.py")) + [REPO_ROOT / "app.py"]
+    for source in sources:
+        for node in import_time_nodes(ast.parse(source.read_text()).body):
+            names = [alias.name for alias in node.names] if isinstance(node, ast.Import) else [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            assert not any(name == "ray" or name.startswith("ray.") for name in names), f"{source.name} imports {names} at import time"
+
+
+def test_ray_is_optional_pinned_and_installed_by_the_test_command():
+    ray_requirements = (REPO_ROOT / "requirements-ray.txt").read_text().split()
+    assert any(line.startswith("ray[data]==") for line in ray_requirements)
+    assert not any(line.startswith("torch") for line in ray_requirements)  # torch stays the CPU pin in requirements.txt
+    space_requirements = [line.strip() for line in (REPO_ROOT / "requirements.txt").read_text().splitlines()]
+    assert not any(line.startswith(("ray", "-r requirements-ray")) for line in space_requirements)  # the Space does not install it
+    assert "-r requirements-ray.txt" in (REPO_ROOT / "requirements-dev.txt").read_text().splitlines()

@@ -91,7 +91,8 @@ def test_file_and_in_memory_waveform_give_the_same_timeline(classifier, two_sent
     path = tmp_path / "two.wav"
     soundfile.write(str(path), recording, SAMPLE_RATE, subtype="FLOAT")  # lossless, so results are identical
     from_file = timeline_for_file(classifier, path, TimelineConfig(block_s=1.3))
-    from_memory = timeline_for_waveform(classifier, recording, SAMPLE_RATE)
+    # In memory as the loader gives it (DC offset removed), which is what the streamed file sees.
+    from_memory = timeline_for_waveform(classifier, prepare_waveform(recording, SAMPLE_RATE), SAMPLE_RATE)
     assert from_file.records() == from_memory.records()
     # ...and the same probabilities as classifying each cut-out segment directly.
     waveform = load_audio(path)
@@ -116,7 +117,8 @@ def test_api_records_have_a_stable_shape(classifier, two_sentences):
     records = json.loads(json.dumps(timeline.records()))
     assert len(records) == 2
     for record, segment in zip(records, timeline.segments):
-        assert list(record) == ["start_s", "end_s", "label", "confidence", "uncertain", "probabilities"]
+        assert list(record) == ["start_s", "end_s", "label", "confidence", "uncertain", "probabilities", "adapted"]
+        assert record["adapted"] is False  # the tiny CNN cannot adapt
         assert list(record["probabilities"]) == classifier.labels
         assert sum(record["probabilities"].values()) == pytest.approx(1.0)
         assert record["label"] == max(record["probabilities"], key=record["probabilities"].get)
@@ -297,7 +299,7 @@ def test_live_timeline_and_predict_api_shapes(gated_server, two_sentences, tmp_p
     client = Client(gated_server, verbose=False)
 
     records = client.predict(handle_file(str(path)), api_name="/timeline")
-    assert [list(record) for record in records] == [["start_s", "end_s", "label", "confidence", "uncertain", "probabilities"]] * 2
+    assert [list(record) for record in records] == [["start_s", "end_s", "label", "confidence", "uncertain", "probabilities", "adapted"]] * 2
     for record, (start_s, end_s) in zip(records, truth):
         assert record["start_s"] == pytest.approx(start_s, abs=EDGE_TOLERANCE_S)
         assert record["end_s"] == pytest.approx(end_s, abs=EDGE_TOLERANCE_S)
