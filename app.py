@@ -20,6 +20,7 @@ import os
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -369,9 +370,10 @@ def build_demo(
         answer, report, info, updated = answer_clip_calibrated(classifier, audio, calibration, max_duration_s, quality, confidence_threshold)
         return label_value(answer, label_files), info, {**api_payload(answer, report), "calibration": updated.summary()}, updated
 
-    def run_calibrated(audio: str | None, calibration: Calibration | None) -> tuple[dict[str, float] | str, str, dict, Calibration]:
+    def run_calibrated(audio: str | None, make_calibration: Callable[[], Calibration]) -> tuple[dict[str, float] | str, str, dict, Calibration]:
+        # ``make_calibration`` runs inside the guard, so a refused calibration still releases the upload.
         try:
-            return guard.run(audio, lambda: calibrated_request(audio, calibration or Calibration()), lambda result: result[2]["probabilities"])
+            return guard.run(audio, lambda: calibrated_request(audio, make_calibration()), lambda result: result[2]["probabilities"])
         except ServingError as error:
             raise gr.Error(str(error)) from error
 
@@ -388,12 +390,7 @@ def build_demo(
             except CalibrationError as error:
                 raise gr.Error(str(error)) from error
 
-        try:
-            label_out, info_out, payload, updated = guard.run(
-                audio, lambda: calibrated_request(audio, parsed()), lambda result: result[2]["probabilities"]
-            )
-        except ServingError as error:
-            raise gr.Error(str(error)) from error
+        label_out, info_out, payload, updated = run_calibrated(audio, parsed)
         return label_out, info_out, payload, updated.to_dict()
 
     def predict_in_page(audio: str | None, calibrate: bool = False, calibration: Calibration | None = None):
@@ -401,7 +398,7 @@ def build_demo(
         # session's gr.State (statistics only), returned updated so Gradio keeps it for the next clip.
         if not calibrate:
             return (*predict(audio), calibration, calibration_status(calibration, calibrate))
-        label_out, info_out, payload, updated = run_calibrated(audio, calibration)
+        label_out, info_out, payload, updated = run_calibrated(audio, lambda: calibration or Calibration())
         return label_out, info_out, payload, updated, calibration_status(updated, calibrate)
 
     def calibration_status(calibration: Calibration | None, calibrate: bool) -> str:

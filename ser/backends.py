@@ -293,11 +293,21 @@ def model_fingerprint(model: torch.nn.Module, variant: str) -> str:
         config_dict = config.to_dict()
         config_dict.pop("transformers_version", None)
         digest.update(json.dumps(config_dict, sort_keys=True, default=str).encode())
-    for name, tensor in model.state_dict().items():
-        data = tensor.detach().cpu().contiguous()
-        digest.update(f"{name}:{data.dtype}:{tuple(data.shape)}".encode())
-        digest.update(data.reshape(-1).view(torch.uint8).numpy().data if data.numel() else b"")
+    update_with_tensors(digest, model.state_dict())
     return digest.hexdigest()
+
+
+def update_with_tensors(digest, state_dict: Mapping[str, torch.Tensor], prefix: str = "") -> None:
+    """Feed each tensor's name, dtype, shape and bytes to ``digest`` (a hashlib object)."""
+    for name, tensor in state_dict.items():
+        data = tensor.detach().cpu().contiguous()
+        digest.update(f"{prefix}{name}:{data.dtype}:{tuple(data.shape)}".encode())
+        digest.update(data.reshape(-1).view(torch.uint8).numpy().data if data.numel() else b"")
+
+
+def cache_root() -> Path:
+    """``$SER_CACHE_DIR``, else ``~/.cache/ser``: where derived files (ONNX graphs, embeddings) are kept."""
+    return Path(os.environ.get(CACHE_ENV_VAR) or Path.home() / ".cache" / "ser")
 
 
 def _is_writable_dir(directory: Path) -> bool:
@@ -320,7 +330,7 @@ def cache_dir_for(model_name_or_path: str) -> Path:
         name = str(local.resolve())
     else:
         name = model_name_or_path
-    root = Path(os.environ.get(CACHE_ENV_VAR) or Path.home() / ".cache" / "ser")
+    root = cache_root()
     safe = re.sub(r"[^A-Za-z0-9._-]+", "--", name.strip("/")) or "model"
     return root / "onnx" / safe
 

@@ -2,9 +2,9 @@
 and cached on disk, so training a head (and each cross-validation fold) takes seconds, not an
 encoder pass per epoch.
 
-A cache entry is keyed by the encoder's fingerprint (its weights and the settings that shape the
-embedding), the clip's path, size and modification time, and the copy's name: a changed clip or a
-different encoder is embedded afresh, never read stale.
+A cache entry is one hidden state's pooled statistics, keyed by that state's fingerprint (the front
+end, the embedding settings and the encoder blocks below it), the clip's path, size and modification
+time, and the copy's name: a changed clip or different blocks are embedded afresh, never read stale.
 """
 
 from __future__ import annotations
@@ -22,36 +22,30 @@ import numpy as np
 import torch
 
 from .augment import fixed_copy
+from .backends import cache_root, update_with_tensors
 
 logger = logging.getLogger(__name__)
 
-CACHE_ENV_VAR = "SER_CACHE_DIR"
 ORIGINAL = "original"
 
 
 def default_cache_dir() -> Path:
-    return Path(os.environ.get(CACHE_ENV_VAR) or Path.home() / ".cache" / "ser") / "embeddings"
+    return cache_root() / "embeddings"
 
 
 def state_fingerprints(model) -> list[str]:
     """One sha256 per hidden state ``0..blocks``: state ``i`` depends on the front end, the embedding
     settings and blocks ``1..i`` only, so models that share those blocks share its cache entries."""
-    def tensors_digest(digest, prefix: str, module) -> None:
-        for name, tensor in module.state_dict().items():
-            data = tensor.detach().cpu().float().contiguous()
-            digest.update(f"{prefix}.{name}:{tuple(data.shape)}".encode())
-            digest.update(data.numpy().tobytes())
-
     digest = hashlib.sha256()
     settings = {key: getattr(model.config, key) for key in ("input_rms", "sampling_rate")}
     digest.update(json.dumps(settings, sort_keys=True).encode())
-    tensors_digest(digest, "log_mel", model.log_mel)
+    update_with_tensors(digest, model.log_mel.state_dict(), "log_mel.")
     for name in ("conv1", "conv2", "embed_positions"):
-        tensors_digest(digest, name, getattr(model.encoder, name))
+        update_with_tensors(digest, getattr(model.encoder, name).state_dict(), f"{name}.")
     fingerprints = [digest.hexdigest()]
     for block in model.encoder.layers:
         digest = hashlib.sha256(fingerprints[-1].encode())
-        tensors_digest(digest, "block", block)
+        update_with_tensors(digest, block.state_dict(), "block.")
         fingerprints.append(digest.hexdigest())
     return fingerprints
 

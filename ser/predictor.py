@@ -259,42 +259,40 @@ class EmotionClassifier:
 
     # -- public API ------------------------------------------------------------------------------
     def predict_proba(self, waveforms: Sequence[np.ndarray], statistics: EmbeddingStatistics | None = None) -> np.ndarray:
-        """Probabilities ``(len(waveforms), len(labels))`` for 16 kHz-style waveforms at ``sample_rate``.
-
-        Models without an attention mask (wav2vec2-base) would see zero padding as audio, so
-        they are run one clip at a time; the others are padded into one batch. ``statistics``
-        (models with an embedding only): standardise with these instead of the training set's.
+        """Probabilities ``(len(waveforms), len(labels))`` for 16 kHz-style waveforms at ``sample_rate``
+        (batched as :meth:`_per_clip` says). ``statistics`` (models with an embedding only):
+        standardise with these instead of the training set's.
         """
         self._check_adaptable(statistics)
         if self._head is not None:
             return self.probabilities_from_embeddings(self.embed_batch(waveforms), statistics)
-        self._check_not_empty(waveforms)
-        window = int(self.window_s * self.sample_rate)
-        if any(len(waveform) > window for waveform in waveforms):
-            return np.stack([self._windowed_proba(waveform, window) for waveform in waveforms])
-        if self._uses_attention_mask or len(waveforms) == 1:
-            return self.postprocess(self.forward(self.preprocess(waveforms)))
-        return np.concatenate([self.postprocess(self.forward(self.preprocess([waveform]))) for waveform in waveforms])
+        return self._per_clip(waveforms, lambda features: self.postprocess(self.forward(features)))
 
-    @staticmethod
-    def _check_not_empty(waveforms: Sequence[np.ndarray]) -> None:
+    def _per_clip(self, waveforms: Sequence[np.ndarray], step) -> np.ndarray:
+        """``step`` (features -> one row per clip) over ``waveforms``, one row each.
+
+        Models without an attention mask (wav2vec2-base) would see zero padding as audio, so they are
+        run one clip at a time; the others are padded into one batch. A clip longer than the window is
+        run window by window and its rows averaged, weighted by length.
+        """
         for waveform in waveforms:
             if len(waveform) == 0:
                 raise EmptyAudioError("The audio is empty (0 samples).")
+        window = int(self.window_s * self.sample_rate)
+        if any(len(waveform) > window for waveform in waveforms):
+            return np.stack([self._windowed(waveform, window, step) for waveform in waveforms])
+        if self._uses_attention_mask or len(waveforms) == 1:
+            return step(self.preprocess(waveforms))
+        return np.concatenate([step(self.preprocess([waveform])) for waveform in waveforms])
 
-    @staticmethod
-    def _windows(waveform: np.ndarray, window: int) -> tuple[list[np.ndarray], np.ndarray]:
-        """(pieces of at most about ``window`` samples, their lengths as weights)."""
+    def _windowed(self, waveform: np.ndarray, window: int, step) -> np.ndarray:
         pieces = [waveform[start : start + window] for start in range(0, len(waveform), window)]
         # A short tail is merged into the previous window rather than scored on its own.
         if len(pieces) > 1 and len(pieces[-1]) < window // 4:
             pieces[-2] = np.concatenate([pieces[-2], pieces.pop()])
-        return pieces, np.array([len(piece) for piece in pieces], dtype=np.float64)
-
-    def _windowed_proba(self, waveform: np.ndarray, window: int) -> np.ndarray:
-        pieces, weights = self._windows(waveform, window)
-        probabilities = np.concatenate([self.postprocess(self.forward(self.preprocess([piece]))) for piece in pieces])
-        return (probabilities * weights[:, None]).sum(axis=0) / weights.sum()
+        weights = np.array([len(piece) for piece in pieces], dtype=np.float64)
+        rows = np.concatenate([step(self.preprocess([piece])) for piece in pieces]).astype(np.float64)
+        return np.tensordot(weights, rows, axes=1) / weights.sum()
 
     def embed_batch(self, waveforms: Sequence[np.ndarray]) -> np.ndarray:
         """Utterance embeddings ``(len(waveforms), *embedding_shape)`` float32, before any standardisation:
@@ -307,20 +305,9 @@ class EmotionClassifier:
         """
         if self._head is None:
             raise AdaptationUnsupportedError(self._unsupported_message())
-        self._check_not_empty(waveforms)
         if not waveforms:
             return np.zeros((0, *self.embedding_shape), np.float32)
-        window = int(self.window_s * self.sample_rate)
-        if any(len(waveform) > window for waveform in waveforms):
-            return np.stack([self._windowed_embedding(waveform, window) for waveform in waveforms])
-        if self._uses_attention_mask or len(waveforms) == 1:
-            return self._embed_features(self.preprocess(waveforms))
-        return np.concatenate([self._embed_features(self.preprocess([waveform])) for waveform in waveforms])
-
-    def _windowed_embedding(self, waveform: np.ndarray, window: int) -> np.ndarray:
-        pieces, weights = self._windows(waveform, window)
-        embeddings = np.concatenate([self._embed_features(self.preprocess([piece])) for piece in pieces]).astype(np.float64)
-        return (np.tensordot(weights, embeddings, axes=1) / weights.sum()).astype(np.float32)
+        return self._per_clip(waveforms, self._embed_features).astype(np.float32, copy=False)
 
     def _to_prediction(self, probabilities: np.ndarray, num_samples: int) -> Prediction:
         best = int(np.argmax(probabilities))
