@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -64,6 +67,19 @@ def real_clip_paths(directory: Path, limit: int) -> list[Path]:
     return [paths[int(index * step)] for index in range(limit)]
 
 
+@contextlib.contextmanager
+def busy_cores(count: int) -> Iterator[None]:
+    """Keep ``count`` cores busy (one spinning process each) inside the block: what a web server,
+    a decoder or a neighbouring process does to a small machine while the model runs."""
+    spinners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(max(0, count))]
+    try:
+        yield
+    finally:
+        for spinner in spinners:
+            spinner.kill()
+            spinner.wait()
+
+
 def timed(function: Callable[[], object]) -> float:
     started = time.perf_counter()
     function()
@@ -92,6 +108,8 @@ def machine_header(automatic: str | None = None) -> str:
 
     hardware = detect_hardware()
     emulation = [f"{name}={os.environ[name]}" for name in ("ATEN_CPU_CAPABILITY", ONEDNN_ISA_ENV_VAR) if os.environ.get(name)]
+    if hardware.cpuid_mask:
+        emulation.insert(0, f"CPUID masked to {hardware.cpuid_mask} (benchmarks/cpu_mask/run: every library sees that CPU)")
     lines = [
         f"CPU: {hardware.cpu_model}   PyTorch kernel level: {hardware.cpu_capability}   "
         f"bf16 {'yes' if hardware.cpu_bf16 else 'no'}, VNNI {'yes' if hardware.cpu_vnni else 'no'}, "

@@ -2,6 +2,7 @@
 
     python -m benchmarks.server_roundtrip                       # random-init wav2vec2-base, auto vs torch
     python -m benchmarks.server_roundtrip --model models/ser-ravdess --backends auto,torch,onnx
+    python -m benchmarks.server_roundtrip --busy_cores 1      # with one core taken by another process
 
 Starts one ``app.py --model M --port P`` per backend (passed as ``$SER_BACKEND``; ``auto`` is the
 automatic choice), waits until each answers ``/health`` (which says what ``auto`` chose and why),
@@ -26,7 +27,7 @@ from pathlib import Path
 
 import requests
 
-from benchmarks.common import DEFAULT_REAL_CLIPS_DIR, machine_header, percentile, random_wav2vec2_base, speech_like_clip, timed
+from benchmarks.common import DEFAULT_REAL_CLIPS_DIR, busy_cores, machine_header, percentile, random_wav2vec2_base, speech_like_clip, timed
 from ser.backends import AUTO, BACKEND_ENV_VAR, BACKENDS
 from ser.devserver import running_app
 from ser.predictor import EmotionClassifier
@@ -45,6 +46,11 @@ class RoundTripArguments:
     in_process_repeats: int = field(default=15, metadata={"help": "In-process classify_file calls to time."})
     startup_timeout_s: float = field(default=900.0, metadata={"help": "How long to wait for the app to come up."})
     app_args: str = field(default="", metadata={"help": "Extra arguments for app.py, space-separated."})
+    busy_cores: int = field(
+        default=0,
+        metadata={"help": "Cores kept busy by spinning processes while the in-process calls and the requests are timed "
+                  "(a small machine shared with other work). The servers choose their backend before, at start."},
+    )
 
 
 def _clip_path(scratch: Path) -> tuple[Path, bool]:
@@ -116,7 +122,8 @@ def main() -> None:
         for name in names:
             classifier = EmotionClassifier.from_pretrained(model, backend=name)
             classifier.classify_file(clip)
-            in_process[name] = [timed(lambda: classifier.classify_file(clip)) for _ in range(args.in_process_repeats)]
+            with busy_cores(args.busy_cores):
+                in_process[name] = [timed(lambda: classifier.classify_file(clip)) for _ in range(args.in_process_repeats)]
             del classifier
 
         app_args = [] if is_speech else ["--quality_gate", "false"]  # the VAD would (rightly) refuse a synthetic tone
@@ -133,6 +140,7 @@ def main() -> None:
             for url in urls.values():
                 _drive(url, clip, 1, 2)  # warm-up: first request compiles routes, allocates arenas
             results: dict[int, dict[str, tuple[list[float], list[str]]]] = {}
+            stack.enter_context(busy_cores(args.busy_cores))
             for clients in client_counts:
                 logger.info("%d concurrent client(s) x %d requests per server", clients, args.requests_per_client)
                 if clients == 1:
@@ -145,6 +153,8 @@ def main() -> None:
     print()
     print(machine_header(f"{automatic['backend']} ({automatic.get('backend_reason')})" if automatic else None))
     print(f"Model: {model}   clip: {clip.name} ({'speech' if is_speech else 'synthetic, gate off'})")
+    if args.busy_cores:
+        print(f"Timed with {args.busy_cores} core(s) kept busy by spinning processes (--busy_cores)")
     reference = "torch" if "torch" in names else names[0]
     p50 = {
         clients: {name: 1000 * percentile(latencies, 0.5) for name, (latencies, _) in per.items() if latencies}

@@ -2,7 +2,8 @@
 
     python -m benchmarks.serving                          # random-init wav2vec2-base, this CPU's backends
     python -m benchmarks.serving --model models/ser-ravdess --real_clips 0   # any other model
-    ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 python -m benchmarks.serving   # PyTorch as on an AVX2-only CPU
+    benchmarks/cpu_mask/run python -m benchmarks.serving  # as on an AVX2-only CPU (CPUID masked for every library)
+    python -m benchmarks.serving --busy_cores 1           # with one core taken by another process
 
 The header names the CPU, PyTorch's kernel level, bf16 / VNNI / AMX, the emulation settings in
 force and the automatic choice (``auto``: what ``EmotionClassifier.from_pretrained`` picks here,
@@ -32,6 +33,7 @@ import numpy as np
 from benchmarks.common import (
     DEFAULT_REAL_CLIPS_DIR,
     REPO_ROOT,
+    busy_cores,
     machine_header,
     random_wav2vec2_base,
     real_clip_paths,
@@ -72,6 +74,11 @@ class ServingBenchmarkArguments:
     )
     real_clips: int = field(default=100, metadata={"help": "How many real clips (spread over the folder); 0 = none, -1 = all."})
     rss: bool = field(default=True, metadata={"help": "Measure peak RSS of each engine in a fresh process."})
+    busy_cores: int = field(
+        default=0,
+        metadata={"help": "Cores kept busy by spinning processes while latency and throughput are timed (a small machine shared "
+                  "with a web server, decoding or a neighbour). The automatic choice is made before, at load."},
+    )
     output_json: str | None = field(default=None, metadata={"help": "Also write the results here as JSON."})
     probe_rss: str | None = field(default=None, metadata={"help": "(internal) run one engine and print its peak RSS."})
 
@@ -220,6 +227,8 @@ def print_report(report: dict) -> None:
     print()
     print(report["machine"])
     print(f"Model: {report['model']}" + (f"; also timed: {', '.join(report['compared'])}" if report.get("compared") else ""))
+    if report["arguments"].get("busy_cores"):
+        print(f"Timed with {report['arguments']['busy_cores']} core(s) kept busy by spinning processes (--busy_cores)")
     width = max(17, *(len(name) + 2 for name in names))
     header = f"{'engine':<{width}}" + "".join(f"{f'{d:g} s median [min-max] ms':>30}{'x':>6}" for d in durations)
     header += f"{'clips/s':>9}{'peak RSS MB':>13}"
@@ -273,10 +282,11 @@ def main() -> None:
     engines |= {name: load_engine(other, backend) for name, (other, backend) in compared.items()}
     logger.info("Loaded %d engines in %.1f s", len(engines), time.perf_counter() - started)
 
-    logger.info("Timing latency (%s s clips, %d rounds)", args.durations_s, args.repeats)
-    latency_s = latency(engines, durations_s, args.repeats)
-    logger.info("Timing batch throughput (%d clips)", args.batch_clips)
-    clips_per_s = throughput(engines, args.batch_clips)
+    with busy_cores(args.busy_cores):
+        logger.info("Timing latency (%s s clips, %d rounds, %d busy cores)", args.durations_s, args.repeats, args.busy_cores)
+        latency_s = latency(engines, durations_s, args.repeats)
+        logger.info("Timing batch throughput (%d clips)", args.batch_clips)
+        clips_per_s = throughput(engines, args.batch_clips)
 
     automatic = engines[AUTO].backend_choice if AUTO in engines else None
     fast = {name: engine for name, engine in engines.items() if name != PIPELINE and name not in compared}

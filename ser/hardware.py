@@ -8,6 +8,10 @@ honoured: ``ATEN_CPU_CAPABILITY`` (PyTorch's kernel level, e.g. ``avx2``; it sho
 ``torch.backends.cpu.get_cpu_capability()``) and ``ONEDNN_MAX_CPU_ISA`` (oneDNN's instruction-set
 ceiling, e.g. ``AVX2``). Either one below AVX-512-bf16 means PyTorch would emulate bf16, so bf16
 counts as absent; a oneDNN ceiling below VNNI makes int8 treat the CPU as one without VNNI.
+
+``benchmarks/cpu_mask/run`` goes further: it masks CPUID itself, so every library (ONNX Runtime
+included) sees the older CPU; detection then reads the masked answers, and :func:`cpuid_mask_level`
+says so in the description.
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ from pathlib import Path
 logger = logging.getLogger(__name__)
 
 ONEDNN_ISA_ENV_VAR = "ONEDNN_MAX_CPU_ISA"
+#: Set by ``benchmarks/cpu_mask/run`` (with ``LD_PRELOAD`` of its library) to the CPU level it shows.
+CPUID_MASK_ENV_VAR = "CPUID_MASK_LEVEL"
 #: Set by Hugging Face on ZeroGPU Spaces (the GPU is attached only inside ``@spaces.GPU`` calls).
 ZERO_GPU_ENV_VAR = "SPACES_ZERO_GPU"
 
@@ -60,6 +66,8 @@ class Hardware:
     cuda_bf16: bool = False
     #: Running on a ZeroGPU Space with the ``spaces`` package importable.
     zero_gpu: bool = False
+    #: The level ``benchmarks/cpu_mask/run`` masks CPUID to (``avx2``, ...), ``None`` for the CPU as it is.
+    cpuid_mask: str | None = None
 
     @property
     def has_cuda(self) -> bool:
@@ -71,6 +79,8 @@ class Hardware:
             f"{self.cpu_model}, {self.cpu_capability}, bf16 {'yes' if self.cpu_bf16 else 'no'}, "
             f"VNNI {'yes' if self.cpu_vnni else 'no'}, AMX {'yes' if self.cpu_amx else 'no'}"
         )
+        if self.cpuid_mask:
+            text += f" (CPUID masked to {self.cpuid_mask})"
         if self.cuda_device:
             text += f"; CUDA {self.cuda_device} ({'bf16' if self.cuda_bf16 else 'fp16'})" + (" on ZeroGPU" if self.zero_gpu else "")
         return text
@@ -87,6 +97,12 @@ def cpu_model_name() -> str:
             if line.lower().startswith("model name") and ":" in line:
                 return line.split(":", 1)[1].strip()
     return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def cpuid_mask_level() -> str | None:
+    """The level ``benchmarks/cpu_mask/run`` masks this process's CPUID to, if it does."""
+    level = os.environ.get(CPUID_MASK_ENV_VAR)
+    return level if level and "cpuid_mask" in os.environ.get("LD_PRELOAD", "") else None
 
 
 def _cpu_flags() -> dict[str, bool]:
@@ -125,6 +141,7 @@ def hardware_from(
     cuda_device: str | None = None,
     cuda_bf16: bool = False,
     zero_gpu: bool = False,
+    cpuid_mask: str | None = None,
 ) -> Hardware:
     """:class:`Hardware` from raw facts (cpuinfo flag names, PyTorch's kernel level, oneDNN's ceiling)."""
     capability = cpu_capability.upper()
@@ -134,7 +151,9 @@ def hardware_from(
     vnni_in_silicon = flags.get("avx512_vnni", False) or flags.get("avx_vnni", False) or flags.get("amx_int8", False)
     cpu_vnni = vnni_in_silicon and _onednn_ceiling_allows("AVX2_VNNI", onednn_max_isa)
     cpu_amx = flags.get("amx_tile", False) and _onednn_ceiling_allows("AVX512_CORE_AMX", onednn_max_isa)
-    return Hardware(cpu_model, capability, cpu_bf16, cpu_vnni, cpu_amx, cuda_device, cuda_bf16 and cuda_device is not None, zero_gpu)
+    return Hardware(
+        cpu_model, capability, cpu_bf16, cpu_vnni, cpu_amx, cuda_device, cuda_bf16 and cuda_device is not None, zero_gpu, cpuid_mask
+    )
 
 
 def zero_gpu_available() -> bool:
@@ -168,4 +187,5 @@ def detect_hardware() -> Hardware:
         cuda_device,
         cuda_bf16,
         zero_gpu,
+        cpuid_mask_level(),
     )

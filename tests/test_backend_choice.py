@@ -247,6 +247,19 @@ def test_health_reports_the_choice_and_its_reason(tiny_cnn_dir, monkeypatch):
     assert "explicitly" in body["backend_reason"] and body["hardware"] == classifier.backend_choice.hardware
 
 
+def test_a_cpuid_mask_is_named_in_the_description(monkeypatch):
+    from ser.hardware import cpuid_mask_level
+
+    monkeypatch.setenv("CPUID_MASK_LEVEL", "avx2")
+    monkeypatch.delenv("LD_PRELOAD", raising=False)
+    assert cpuid_mask_level() is None  # the variable alone masks nothing
+    monkeypatch.setenv("LD_PRELOAD", "/root/.cache/ser/cpu_mask/cpuid_mask-0123456789ab.so")
+    assert cpuid_mask_level() == "avx2"
+    masked = hardware_from(AVX2_ONLY, "AVX2", "Intel Xeon (test)", cpuid_mask=cpuid_mask_level())
+    assert masked.describe() == "Intel Xeon (test), AVX2, bf16 no, VNNI no, AMX no (CPUID masked to avx2)"
+    assert "masked" not in AVX2_MACHINE.describe()
+
+
 def test_this_machine_is_read_as_torch_sees_it():
     from ser.hardware import detect_hardware
 
