@@ -91,11 +91,12 @@ class _Logits(torch.nn.Module):
         return self.model(input_values).logits
 
 
-def exact_alternatives(model_dir: Path, clip: np.ndarray, repeats: int, scratch: Path) -> dict[str, tuple[float, float]]:
-    """{engine: (median ms, max |logit - torch logit|)} on one clip, timed interleaved."""
+def exact_alternatives(
+    reference: EmotionClassifier, model_dir: Path, clip: np.ndarray, repeats: int, scratch: Path
+) -> dict[str, tuple[float, float]]:
+    """{engine: (median ms, max |logit - torch logit|)} on one clip, timed interleaved against ``reference`` (torch)."""
     from onnxruntime.transformers import optimizer
 
-    reference = EmotionClassifier.from_pretrained(model_dir, backend="torch")
     onnx = EmotionClassifier.from_pretrained(model_dir, backend="onnx")
     inputs = reference.preprocess([clip])
     fused_path = scratch / "model.fused.onnx"
@@ -125,8 +126,7 @@ def exact_alternatives(model_dir: Path, clip: np.ndarray, repeats: int, scratch:
     return {name: (1000 * statistics.median(times[name]), differences[name]) for name in runners}
 
 
-def int8_fallback(model_dir: Path, paths: list[Path], margins: list[float]) -> dict:
-    reference = EmotionClassifier.from_pretrained(model_dir, backend="torch")
+def int8_fallback(reference: EmotionClassifier, model_dir: Path, paths: list[Path], margins: list[float]) -> dict:
     int8 = EmotionClassifier.from_pretrained(model_dir, backend="onnx-int8")
     exact, quantized, exact_s, quantized_s = [], [], [], []
     for path in paths:
@@ -170,10 +170,10 @@ def main() -> None:
     rates = matmul_rates(args.repeats)
     parts = model_part_rates(reference.model, torch.from_numpy(clip)[None], args.repeats)
     with tempfile.TemporaryDirectory() as scratch:
-        alternatives = exact_alternatives(model_dir, clip, args.repeats, Path(scratch))
+        alternatives = exact_alternatives(reference, model_dir, clip, args.repeats, Path(scratch))
     real_dir = Path(args.real_clips_dir)
     paths = real_clip_paths(real_dir, args.real_clips) if args.real_clips and real_dir.is_dir() else []
-    fallback = int8_fallback(model_dir, paths, [float(value) for value in args.margins.split(",")]) if paths else None
+    fallback = int8_fallback(reference, model_dir, paths, [float(value) for value in args.margins.split(",")]) if paths else None
 
     print()
     print(machine_header())

@@ -381,6 +381,30 @@ def split_batches(paths: list[str], batch_size: int) -> Iterator[list[str]]:
         yield paths[start : start + batch_size]
 
 
+def decoded_batches(
+    paths: list[str], sample_rate: int, batch_size: int, max_duration_s: float | None, quality_check: bool, decode_workers: int = 2
+) -> Iterator[tuple[list[str], list[Decoded | AudioError]]]:
+    """``(batch, decoded files)`` for each model batch (:func:`split_batches`), the next batch decoding
+    in ``decode_workers`` threads while the caller runs this one through the model."""
+    batches = list(split_batches(paths, max(1, batch_size)))
+    with ThreadPoolExecutor(max_workers=max(1, decode_workers)) as pool:
+
+        def submit(batch: list[str]) -> list[Future]:
+            return [pool.submit(decode_file, path, sample_rate, max_duration_s, quality_check) for path in batch]
+
+        pending = submit(batches[0]) if batches else []
+        for index, batch in enumerate(batches):
+            decoded = [future.result() for future in pending]
+            pending = submit(batches[index + 1]) if index + 1 < len(batches) else []
+            yield batch, decoded
+
+
+def result_row(path: str, probabilities: dict[str, float], quality: str, labels: Sequence[str], confidence_threshold: float) -> list:
+    """One output row: path, label, confidence, uncertain, quality, then each class's probability."""
+    answer = decide(probabilities, confidence_threshold)
+    return [path, answer.label, answer.confidence, answer.uncertain, quality] + [answer.probabilities[label] for label in labels]
+
+
 def per_clip_on_failure(
     run: Callable[[list[np.ndarray]], Sequence], items: list[tuple[str, np.ndarray]], fatal: tuple[type[Exception], ...] = ()
 ) -> tuple[list, list[list[str]]]:
@@ -416,13 +440,10 @@ def score_decoded(
     good = {path: item for path, item in zip(paths, decoded) if not isinstance(item, AudioError)}
     errors = [[path, type(item).__name__, str(item)] for path, item in zip(paths, decoded) if isinstance(item, AudioError)]
     predictions, unusable = _classify(classifier, [(path, item.audio) for path, item in good.items()])
-    rows = []
-    for path, prediction in predictions:
-        answer = decide(prediction.probabilities, confidence_threshold)
-        rows.append(
-            [path, answer.label, answer.confidence, answer.uncertain, good[path].quality]
-            + [answer.probabilities[label] for label in classifier.labels]
-        )
+    rows = [
+        result_row(path, prediction.probabilities, good[path].quality, classifier.labels, confidence_threshold)
+        for path, prediction in predictions
+    ]
     return ScoredBatch(rows, errors + unusable)
 
 
@@ -458,20 +479,9 @@ def predict_files(
 
     results = ResultWriter(output, errors_output, classifier.labels)
     todo, skipped = results.pending(paths)
-    batches = list(split_batches(todo, max(1, batch_size)))
     try:
-        with ThreadPoolExecutor(max_workers=max(1, decode_workers)) as pool, tqdm(
-            total=len(todo), unit="file", disable=not progress, desc="Classifying"
-        ) as bar:
-
-            def submit(batch: list[str]) -> list[Future]:
-                return [pool.submit(decode_file, path, classifier.sample_rate, max_duration_s, quality_check) for path in batch]
-
-            pending = submit(batches[0]) if batches else []
-            for index, batch in enumerate(batches):
-                decoded = [future.result() for future in pending]
-                # Decode the next batch while this one runs through the model.
-                pending = submit(batches[index + 1]) if index + 1 < len(batches) else []
+        with tqdm(total=len(todo), unit="file", disable=not progress, desc="Classifying") as bar:
+            for batch, decoded in decoded_batches(todo, classifier.sample_rate, batch_size, max_duration_s, quality_check, decode_workers):
                 results.write(score_decoded(classifier, batch, decoded, confidence_threshold))
                 bar.update(len(batch))
     finally:

@@ -21,7 +21,6 @@ import json
 import logging
 import os
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +28,7 @@ import numpy as np
 from .adaptation import AdaptationUnsupportedError, adapted_probabilities, check_mode, plan_adaptation
 from .audio import AudioError
 from .corpus import parse_speaker
-from .quality import DEFAULT_CONFIDENCE_THRESHOLD, decide
+from .quality import DEFAULT_CONFIDENCE_THRESHOLD
 
 logger = logging.getLogger(__name__)
 
@@ -107,7 +106,7 @@ def predict_files_adapted(
     Returns (written, skipped as done, failed)."""
     from tqdm.auto import tqdm
 
-    from .predict import ResultWriter, ScoredBatch, decode_file, split_batches
+    from .predict import ResultWriter, ScoredBatch, decoded_batches, result_row
 
     if check_mode(adapt) == "none":
         raise ValueError("predict_files_adapted needs adapt='corpus' or 'speaker'; use ser.predict.predict_files for none.")
@@ -123,20 +122,10 @@ def predict_files_adapted(
     embedded: dict[str, np.ndarray] = {}
     quality_of: dict[str, str] = {}
     errors: list[list[str]] = []
-    batches = list(split_batches(paths, max(1, batch_size)))
     try:
         # Pass 1: every listed file, also those already written (the statistics are over all of them).
-        with ThreadPoolExecutor(max_workers=max(1, decode_workers)) as pool, tqdm(
-            total=len(paths), unit="file", disable=not progress, desc="Embedding"
-        ) as bar:
-
-            def submit(batch: list[str]) -> list:
-                return [pool.submit(decode_file, path, classifier.sample_rate, max_duration_s, quality_check) for path in batch]
-
-            futures = submit(batches[0]) if batches else []
-            for index, batch in enumerate(batches):
-                decoded = [future.result() for future in futures]
-                futures = submit(batches[index + 1]) if index + 1 < len(batches) else []
+        with tqdm(total=len(paths), unit="file", disable=not progress, desc="Embedding") as bar:
+            for batch, decoded in decoded_batches(paths, classifier.sample_rate, batch_size, max_duration_s, quality_check, decode_workers):
                 items = []
                 for path, item in zip(batch, decoded):
                     if isinstance(item, AudioError):
@@ -153,15 +142,11 @@ def predict_files_adapted(
         embeddings = np.stack([embedded[path] for path in order]) if order else np.zeros((0, *classifier.embedding_shape), np.float32)
         plan = plan_adaptation(embeddings, adapt, [speaker_of.get(path) for path in order])
         probabilities = adapted_probabilities(classifier, embeddings, plan)
-        rows = []
-        for path, row in zip(order, probabilities):
-            if path not in pending:
-                continue
-            quality = quality_of[path]
-            answer = decide(dict(zip(classifier.labels, row.tolist())), confidence_threshold)
-            rows.append(
-                [path, answer.label, answer.confidence, answer.uncertain, quality] + [answer.probabilities[label] for label in classifier.labels]
-            )
+        rows = [
+            result_row(path, dict(zip(classifier.labels, row.tolist())), quality_of[path], classifier.labels, confidence_threshold)
+            for path, row in zip(order, probabilities)
+            if path in pending
+        ]
         results.write(ScoredBatch(rows, [error for error in errors if error[0] in pending]))
     finally:
         results.close()
