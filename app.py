@@ -27,12 +27,15 @@ from pathlib import Path
 import gradio as gr
 from transformers import HfArgumentParser
 
-from ser.adaptation import AdaptationUnsupportedError
-from ser.audio import ACCEPTED_FORMATS, AudioError, load_audio
-from ser.backends import BackendError
-from ser.calibration import Calibration, CalibrationError
-from ser.predictor import EmotionClassifier, ModelNotConfiguredError, Prediction
-from ser.quality import (
+from ser.audio.loader import ACCEPTED_FORMATS, AudioError, load_audio
+from ser.inference.adaptation import AdaptationUnsupportedError
+from ser.inference.backends import BackendError
+from ser.inference.predictor import (
+    EmotionClassifier,
+    ModelNotConfiguredError,
+    Prediction,
+)
+from ser.inference.quality import (
     DEFAULT_CONFIDENCE_THRESHOLD,
     Answer,
     QualityConfig,
@@ -41,18 +44,25 @@ from ser.quality import (
     decide,
     get_speech_detector,
 )
-from ser.timeline import TABLE_HEADERS, Timeline, TimelineConfig, timeline_figure, timeline_for_file, timeline_table
-from ser.serving import (
+from ser.inference.timeline import (
+    TABLE_HEADERS,
+    Timeline,
+    TimelineConfig,
+    timeline_figure,
+    timeline_for_file,
+    timeline_table,
+)
+from ser.serving.calibration import Calibration, CalibrationError
+from ser.serving.limits import (
     DEFAULT_MAX_UPLOAD_MB,
     DEFAULT_REQUEST_TIMEOUT_S,
     DEFAULT_UPLOAD_TTL_S,
     ServingConfig,
     ServingError,
-    create_serving,
     env_default,
-    launch_kwargs,
 )
-from ser.monitoring import DEFAULT_DRIFT_WINDOW
+from ser.serving.middleware import create_serving, launch_kwargs
+from ser.serving.monitoring import DEFAULT_DRIFT_WINDOW
 
 logger = logging.getLogger(__name__)
 
@@ -171,7 +181,7 @@ def answer_clip(
 ) -> tuple[Answer, QualityReport | None, str]:
     """The request handler: audio file -> (answer, quality report or None when ungated, info markdown).
 
-    ``quality`` runs the gate (ser.quality) between decoding and the model. Audio problems
+    ``quality`` runs the gate (ser.inference.quality) between decoding and the model. Audio problems
     (``AudioError``, messages written for users, including the gate's) become ``gr.Error`` here,
     at the UI edge; the server keeps serving.
     """
@@ -329,7 +339,7 @@ def build_demo(
     ``timeline_adapt``: the timeline adapts to the recording (``TimelineConfig.adapt``).
 
     ``serving``: upload / timeout / drift settings; the demo's ``serving_state`` (metrics, uploads,
-    readiness) feeds the middleware that :func:`ser.serving.launch_kwargs` adds at launch.
+    readiness) feeds the middleware that :func:`ser.serving.middleware.launch_kwargs` adds at launch.
 
     ``quality=None`` turns the quality gate off (single clips and the timeline's recording check).
     """

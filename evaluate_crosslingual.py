@@ -5,7 +5,7 @@
 
 Writes metrics.json, predictions.csv, confusion_matrix.{csv,png}, coverage.{csv,png} and report.md to
 --output_dir; --snr_db 20,10,5,0 adds accuracy under white noise at each SNR.
-All the work is in ser.evaluation; this file only parses arguments and loads the model.
+All the work is in ser.evaluation.corpus_evaluation; this file only parses arguments and loads the model.
 """
 
 from __future__ import annotations
@@ -17,12 +17,15 @@ from dataclasses import dataclass, field
 
 from transformers import HfArgumentParser
 
-from ser.adaptation import ADAPT_MODES, AdaptationUnsupportedError
-from ser.corpus import CorpusError
-from ser.evaluation import CONFUSION_PNG_FILE, REPORT_FILE, evaluate_corpus, parse_label_list, parse_snr_list, parse_speakers
-from ser.labels import DEFAULT_EXCLUDED_LABELS, parse_label_map
-from ser.predictor import EmotionClassifier, ModelNotConfiguredError
-from ser.quality import DEFAULT_CONFIDENCE_THRESHOLD, QualityConfig
+from ser.core.labels import DEFAULT_EXCLUDED_LABELS, parse_label_map
+from ser.data.corpus import CorpusError
+from ser.evaluation.corpus_evaluation import evaluate_corpus
+from ser.evaluation.reports import CONFUSION_PNG_FILE, REPORT_FILE
+from ser.evaluation.robustness import parse_snr_list
+from ser.evaluation.selection import parse_label_list, parse_speakers
+from ser.inference.adaptation import ADAPT_MODES, AdaptationUnsupportedError
+from ser.inference.predictor import EmotionClassifier, ModelNotConfiguredError
+from ser.inference.quality import DEFAULT_CONFIDENCE_THRESHOLD, QualityConfig
 
 logger = logging.getLogger("evaluate_crosslingual")
 

@@ -128,10 +128,11 @@ def _rows(path: Path) -> dict[str, list[str]]:
 def main() -> None:
     from transformers import HfArgumentParser
 
-    from ser.audio import TARGET_SAMPLE_RATE, AudioError
-    from ser.backends import num_threads
-    from ser.predict import decode_file, list_inputs
-    from ser.predict_ray import import_ray, init_ray
+    from ser.audio.loader import TARGET_SAMPLE_RATE, AudioError
+    from ser.batch.io import list_inputs
+    from ser.batch.ray_engine import import_ray, init_ray
+    from ser.batch.scoring import decode_file
+    from ser.inference.backends import num_threads
 
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     (args,) = HfArgumentParser(BatchEnginesArguments).parse_args_into_dataclasses()

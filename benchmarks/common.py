@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-from ser.audio import TARGET_SAMPLE_RATE
-from ser.labels import DEFAULT_LABELS, label_maps
+from ser.audio.loader import TARGET_SAMPLE_RATE
+from ser.core.labels import DEFAULT_LABELS, label_maps
 
 logger = logging.getLogger(__name__)
 
@@ -103,8 +103,8 @@ def machine_header(automatic: str | None = None) -> str:
     level PyTorch runs at, the emulation settings in force, and the automatic backend choice."""
     import os
 
-    from ser.backends import num_threads
-    from ser.hardware import ONEDNN_ISA_ENV_VAR, detect_hardware
+    from ser.inference.backends import num_threads
+    from ser.inference.hardware import ONEDNN_ISA_ENV_VAR, detect_hardware
 
     hardware = detect_hardware()
     emulation = [f"{name}={os.environ[name]}" for name in ("ATEN_CPU_CAPABILITY", ONEDNN_ISA_ENV_VAR) if os.environ.get(name)]

@@ -30,9 +30,9 @@ import numpy as np
 import torch
 
 from benchmarks.common import DEFAULT_REAL_CLIPS_DIR, machine_header, random_wav2vec2_base, real_clip_paths, speech_like_clip, timed
-from ser.audio import load_audio
-from ser.backends import OnnxRunner, num_threads
-from ser.predictor import EmotionClassifier
+from ser.audio.loader import load_audio
+from ser.inference.backends import OnnxRunner, num_threads
+from ser.inference.predictor import EmotionClassifier
 
 logger = logging.getLogger("benchmarks.exact_headroom")
 

@@ -26,8 +26,8 @@ from pathlib import Path
 import requests
 
 from benchmarks.common import percentile
-from ser.devserver import REPO_ROOT, running_app
-from ser.predictor import BUNDLED_MODEL_DIR
+from ser.inference.predictor import BUNDLED_MODEL_DIR
+from ser.serving.devserver import REPO_ROOT, running_app
 
 logger = logging.getLogger("benchmarks.load_test")
 

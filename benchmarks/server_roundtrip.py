@@ -28,9 +28,9 @@ from pathlib import Path
 import requests
 
 from benchmarks.common import DEFAULT_REAL_CLIPS_DIR, busy_cores, machine_header, percentile, random_wav2vec2_base, speech_like_clip, timed
-from ser.backends import AUTO, BACKEND_ENV_VAR, BACKENDS
-from ser.devserver import running_app
-from ser.predictor import EmotionClassifier
+from ser.inference.backends import AUTO, BACKEND_ENV_VAR, BACKENDS
+from ser.inference.predictor import EmotionClassifier
+from ser.serving.devserver import running_app
 
 logger = logging.getLogger("benchmarks.server_roundtrip")
 

@@ -41,10 +41,10 @@ from benchmarks.common import (
     summary_ms,
     timed,
 )
-from ser.audio import load_audio
-from ser.backends import AUTO, BACKENDS, automatic_candidates
-from ser.hardware import detect_hardware
-from ser.predictor import EmotionClassifier
+from ser.audio.loader import load_audio
+from ser.inference.backends import AUTO, BACKENDS, automatic_candidates
+from ser.inference.hardware import detect_hardware
+from ser.inference.predictor import EmotionClassifier
 
 logger = logging.getLogger("benchmarks.serving")
 
@@ -258,7 +258,7 @@ def print_report(report: dict) -> None:
 def main() -> None:
     from transformers import HfArgumentParser
 
-    from ser.backends import num_threads
+    from ser.inference.backends import num_threads
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)

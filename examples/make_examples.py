@@ -23,7 +23,7 @@ from transformers import HfArgumentParser
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from ser.audio import TARGET_SAMPLE_RATE, load_audio  # noqa: E402
+from ser.audio.loader import TARGET_SAMPLE_RATE, load_audio  # noqa: E402
 
 logger = logging.getLogger(__name__)
 

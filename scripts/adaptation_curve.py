@@ -7,7 +7,7 @@ For each speaker, ``--draws`` times, statistics are computed from ``k`` of the s
 random (no labels) and all of the speaker's clips are scored with them; the open accuracy is averaged
 over draws and speakers, for each ``k``. Also scored: ``none`` (training statistics), ``corpus`` and
 ``speaker`` (all of the speaker's clips), as ``evaluate_crosslingual.py --adapt`` does. The smallest
-``k`` at which the curve reaches ``none`` is what ``ser.adaptation.MIN_ADAPTATION_CLIPS`` is about.
+``k`` at which the curve reaches ``none`` is what ``ser.inference.adaptation.MIN_ADAPTATION_CLIPS`` is about.
 Choose it on speakers the model was not trained on and that are not a reported test set.
 """
 
@@ -37,7 +37,7 @@ class CurveArguments:
 
 def curve(embeddings: np.ndarray, y: np.ndarray, speakers: np.ndarray, classifier, ks: list[int], draws: int, seed: int) -> dict[str, float]:
     """``{str(k): mean open accuracy}`` (string keys: what the JSON holds)."""
-    from ser.statistics import EmbeddingStatistics
+    from ser.core.statistics import EmbeddingStatistics
 
     rng = np.random.default_rng(seed)
     result = {}
@@ -56,10 +56,10 @@ def curve(embeddings: np.ndarray, y: np.ndarray, speakers: np.ndarray, classifie
 def main(argv: list[str] | None = None) -> dict:
     from transformers import HfArgumentParser
 
-    from ser.adaptation import adapted_probabilities, plan_adaptation
-    from ser.audio import load_audio
-    from ser.evaluation import parse_speakers, select_clips
-    from ser.predictor import EmotionClassifier
+    from ser.audio.loader import load_audio
+    from ser.evaluation.selection import parse_speakers, select_clips
+    from ser.inference.adaptation import adapted_probabilities, plan_adaptation
+    from ser.inference.predictor import EmotionClassifier
 
     (args,) = HfArgumentParser(CurveArguments).parse_args_into_dataclasses(args=argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

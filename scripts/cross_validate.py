@@ -88,12 +88,12 @@ def recipe_defaults() -> dict:
 
     from transformers import TrainingArguments
 
-    import train  # the repo root is on sys.path: scripts run as ``python -m scripts.<name>`` from there
+    from ser.training.arguments import DataArguments
 
     def defaults(arguments_class) -> dict:
         return {field.name: field.default for field in fields(arguments_class) if field.default is not MISSING}
 
-    return recipe_arguments({"data": defaults(train.DataArguments), "training": defaults(TrainingArguments)})
+    return recipe_arguments({"data": defaults(DataArguments), "training": defaults(TrainingArguments)})
 
 
 def model_config_defaults(model_type: str | None) -> dict:

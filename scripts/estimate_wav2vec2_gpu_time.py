@@ -19,8 +19,8 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import Wav2Vec2Config, Wav2Vec2ForSequenceClassification
 
-from ser.audio import TARGET_SAMPLE_RATE
-from ser.labels import DEFAULT_LABELS
+from ser.audio.loader import TARGET_SAMPLE_RATE
+from ser.core.labels import DEFAULT_LABELS
 
 logger = logging.getLogger("estimate_wav2vec2_gpu_time")
 

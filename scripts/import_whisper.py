@@ -14,7 +14,7 @@ import argparse
 import logging
 import sys
 
-from ser.whisper_import import WhisperImportError, import_whisper
+from ser.models.whisper_import import WhisperImportError, import_whisper
 
 logger = logging.getLogger("import_whisper")
 

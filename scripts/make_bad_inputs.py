@@ -27,7 +27,7 @@ import numpy as np
 import soundfile
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-from ser.audio import resample
+from ser.audio.loader import resample
 
 logger = logging.getLogger("make_bad_inputs")
 

@@ -19,8 +19,13 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 
-from scripts.cross_validate import model_config_defaults, recipe_arguments, recipe_config, recipe_defaults
-from ser.predictor import BUNDLED_MODEL_DIR, REPO_ROOT
+from scripts.cross_validate import (
+    model_config_defaults,
+    recipe_arguments,
+    recipe_config,
+    recipe_defaults,
+)
+from ser.inference.predictor import BUNDLED_MODEL_DIR, REPO_ROOT
 
 CARD_PATH = REPO_ROOT / "model_card.md"
 #: The bundled model before the Whisper encoder (EmotionCnn TDNN ensemble), kept for comparison.

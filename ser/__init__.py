@@ -1,3 +1,3 @@
 """Speech emotion recognition: the shared core of train.py, evaluate_crosslingual.py and app.py."""
 
-from . import models  # noqa: F401  (registers the package's architectures with the Auto classes)
+from ser import models  # noqa: F401  (registers the package's architectures with the Auto classes)

@@ -83,7 +83,7 @@ def _save_tiny(config, directory: Path) -> Path:
     import torch
     from transformers import AutoModelForAudioClassification
 
-    from ser.labels import DEFAULT_LABELS, label_maps
+    from ser.core.labels import DEFAULT_LABELS, label_maps
     from ser.models.presets import feature_extractor_for
 
     config.id2label, config.label2id = label_maps(DEFAULT_LABELS)
@@ -192,7 +192,11 @@ def tiny_whisper_checkpoint_dir(tmp_path_factory) -> Path:
     """A randomly initialised ``WhisperForConditionalGeneration`` folder (what ``openai/whisper-base``
     or ``scripts.import_whisper`` provide), a few thousand weights."""
     import torch
-    from transformers import WhisperConfig, WhisperFeatureExtractor, WhisperForConditionalGeneration
+    from transformers import (
+        WhisperConfig,
+        WhisperFeatureExtractor,
+        WhisperForConditionalGeneration,
+    )
 
     directory = tmp_path_factory.mktemp("tiny_whisper")
     torch.manual_seed(0)
@@ -207,7 +211,7 @@ def tiny_whisper_ser_dir(tiny_whisper_checkpoint_dir, tmp_path_factory) -> Path:
     ensemble of heads), on the tiny checkpoint, with made-up training statistics."""
     import torch
 
-    from ser.labels import DEFAULT_LABELS, label_maps
+    from ser.core.labels import DEFAULT_LABELS, label_maps
     from ser.models.presets import feature_extractor_for
     from ser.models.whisper_ser import from_whisper_checkpoint
 

@@ -1,4 +1,4 @@
-"""The live-server and browser tests' app (``ser.devserver``) and the README's REST flow."""
+"""The live-server and browser tests' app (``ser.serving.devserver``) and the README's REST flow."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import requests
 
-from ser import devserver
+from ser.serving import devserver
 
 #: For tests that send synthetic tones to a random model: no quality gate (tones are not speech)
 #: and no "uncertain" headline, so the transport is what they check (tests/test_quality.py and
@@ -20,7 +20,7 @@ UNGATED_ARGS = ("--quality_gate", "false", "--confidence_threshold", "0")
 def running_app(
     model_dir: Path, log_path: Path, extra_args: Sequence[str] = (), extra_env: Mapping[str, str] | None = None
 ) -> Iterator[str]:
-    """:func:`ser.devserver.running_app`, yielding its base URL."""
+    """:func:`ser.serving.devserver.running_app`, yielding its base URL."""
     with devserver.running_app(model_dir, log_path, extra_args, extra_env) as server:
         yield server.url
 

@@ -10,7 +10,8 @@ import pytest
 import torch
 from conftest import synth_clip
 
-from ser.adaptation import (
+from ser.core.statistics import EmbeddingStatistics
+from ser.inference.adaptation import (
     MIN_ADAPTATION_CLIPS,
     NO_SPEAKER,
     TOO_FEW_CLIPS,
@@ -18,8 +19,7 @@ from ser.adaptation import (
     adapted_probabilities,
     plan_adaptation,
 )
-from ser.predictor import EmotionClassifier
-from ser.statistics import EmbeddingStatistics
+from ser.inference.predictor import EmotionClassifier
 
 
 def _clips(count: int = 6, seed: int = 0) -> list[np.ndarray]:
@@ -205,7 +205,7 @@ def test_evaluate_with_speaker_and_corpus_adaptation(tiny_whisper_ser_dir, audio
     # The predictions are the predictor's own, with each speaker's statistics.
     import csv
 
-    from ser.audio import load_audio
+    from ser.audio.loader import load_audio
 
     rows = list(csv.DictReader((tmp_path / "speaker" / "predictions.csv").open()))
     actor_one = [row for row in rows if row["speaker"] == "1"]
@@ -231,7 +231,7 @@ def test_evaluate_adapt_without_an_embedding_exits_with_one_line(tiny_tdnn_dir, 
 @pytest.fixture(scope="module")
 def sentences(espeak_speech):
     """Six espeak-ng sentences separated by 1.5 s of silence (16 kHz), and the sentences alone."""
-    from ser.audio import prepare_waveform
+    from ser.audio.loader import prepare_waveform
 
     texts = ["The quick brown fox jumps over the lazy dog.", "I did not expect to see you here today.", "Please close the door behind you.",
              "We will meet again tomorrow morning.", "That was the best film I have ever seen.", "Nobody told me about the change."]  # fmt: skip
@@ -247,7 +247,7 @@ def sentences(espeak_speech):
 
 
 def test_timeline_adapts_to_the_recording_once_it_has_enough_segments(whisper_classifier, sentences):
-    from ser.timeline import TimelineConfig, timeline_for_waveform
+    from ser.inference.timeline import TimelineConfig, timeline_for_waveform
 
     assert TimelineConfig().adapt and TimelineConfig().min_adaptation_segments == MIN_ADAPTATION_CLIPS
     default = timeline_for_waveform(whisper_classifier, sentences, 16_000)
@@ -288,7 +288,7 @@ def test_adaptation_curve_script(tiny_whisper_ser_dir, audio_emotions_dir, tmp_p
 
 # -- speakers for --adapt speaker ---------------------------------------------------------------------
 def test_speakers_are_parsed_from_corpus_file_names():
-    from ser.corpus import Speaker, parse_speaker
+    from ser.data.corpus import Speaker, parse_speaker
 
     assert parse_speaker("dis-f1-b1.wav") == Speaker("emovo", "f1")
     assert parse_speaker("RAB-M3-L4.flac") == Speaker("emovo", "m3")
@@ -300,7 +300,7 @@ def test_speakers_are_parsed_from_corpus_file_names():
 def test_every_emovo_clip_gets_its_speaker():
     from conftest import SHARED_DATA
 
-    from ser.corpus import scan_corpus
+    from ser.data.corpus import scan_corpus
 
     emovo = SHARED_DATA / "emovo"
     if not emovo.is_dir():

@@ -11,10 +11,10 @@ import gradio as gr
 import numpy as np
 import pytest
 import soundfile
+from conftest import synth_clip
 
 import app
-from conftest import synth_clip
-from ser.predictor import EmotionClassifier
+from ser.inference.predictor import EmotionClassifier
 
 FORMATS = ("wav", "flac", "mp3", "ogg", "webm", "m4a")
 # Formats libsndfile writes itself; the rest are encoded by ffmpeg (as a phone or browser would).
@@ -146,7 +146,7 @@ def test_build_demo_exposes_the_documented_predict_and_timeline_endpoints(classi
 
 
 def test_module_level_demo_is_built_lazily_from_ser_model(monkeypatch, tmp_path, tiny_cnn_dir):
-    monkeypatch.setattr("ser.predictor.BUNDLED_MODEL_DIR", tmp_path / "not-trained-yet")
+    monkeypatch.setattr("ser.inference.predictor.BUNDLED_MODEL_DIR", tmp_path / "not-trained-yet")
     monkeypatch.delenv("SER_MODEL", raising=False)
     app._configured_demo.cache_clear()
     try:
@@ -164,7 +164,7 @@ def test_module_level_demo_is_built_lazily_from_ser_model(monkeypatch, tmp_path,
 
 
 def test_cli_without_a_model_exits_with_one_line(monkeypatch, tmp_path):
-    monkeypatch.setattr("ser.predictor.BUNDLED_MODEL_DIR", tmp_path / "not-trained-yet")
+    monkeypatch.setattr("ser.inference.predictor.BUNDLED_MODEL_DIR", tmp_path / "not-trained-yet")
     monkeypatch.delenv("SER_MODEL", raising=False)
     monkeypatch.setattr("sys.argv", ["app.py"])
     with pytest.raises(SystemExit) as exited:

@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 import requests
 import soundfile
+from conftest import synth_clip
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 
-from conftest import synth_clip
-from ser.predictor import EmotionClassifier
+from ser.inference.predictor import EmotionClassifier
 
 pytestmark = pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="ffmpeg is not installed")
 

@@ -12,18 +12,15 @@ import pytest
 import torch
 from conftest import synth_clip
 
-from ser import backends
-from ser.backends import (
-    LOSSY_MIN_SPEEDUP,
+from ser.inference import backend_choice, backends
+from ser.inference.backend_choice import LOSSY_MIN_SPEEDUP, CandidateResult, automatic_candidates, pick_fastest
+from ser.inference.backends import (
     BackendUnavailableError,
-    CandidateResult,
-    automatic_candidates,
     on_zero_gpu,
-    pick_fastest,
 )
-from ser.hardware import hardware_from
-from ser.monitoring import Readiness
-from ser.predictor import EmotionClassifier
+from ser.inference.hardware import hardware_from
+from ser.inference.predictor import EmotionClassifier
+from ser.serving.monitoring import Readiness
 
 # cpuinfo flag sets of real CPUs (torch.cpu.get_capabilities() names), with the kernel level PyTorch picks.
 AVX2_ONLY = {"avx": True, "avx2": True, "fma3": True}  # e.g. AMD EPYC Zen 2/3, Intel Haswell..Comet Lake
@@ -59,7 +56,7 @@ def test_capabilities_read_from_flags_and_settings(flags, capability, onednn_isa
 
 
 def test_candidates_follow_the_hardware(monkeypatch):
-    monkeypatch.delenv(backends.AUTO_LOSSY_ENV_VAR, raising=False)
+    monkeypatch.delenv(backend_choice.AUTO_LOSSY_ENV_VAR, raising=False)
     # By default only the exact backends: one warm-up clip cannot show a 99.5 % real-clip agreement.
     for machine in (AVX2_MACHINE, BF16_MACHINE):
         candidates, excluded = automatic_candidates(machine)
@@ -69,10 +66,10 @@ def test_candidates_follow_the_hardware(monkeypatch):
     everything = frozenset({"bf16", "onnx-int8"})
     candidates, excluded = automatic_candidates(AVX2_MACHINE, everything)
     assert candidates == ["torch", "onnx", "onnx-int8"] and "emulated" in excluded["bf16"]
-    monkeypatch.setenv(backends.AUTO_LOSSY_ENV_VAR, "bf16, onnx-int8")
+    monkeypatch.setenv(backend_choice.AUTO_LOSSY_ENV_VAR, "bf16, onnx-int8")
     candidates, excluded = automatic_candidates(BF16_MACHINE)
     assert candidates == ["torch", "onnx", "bf16", "onnx-int8"] and set(excluded) == {"cuda"}
-    monkeypatch.setenv(backends.AUTO_LOSSY_ENV_VAR, "fp8")
+    monkeypatch.setenv(backend_choice.AUTO_LOSSY_ENV_VAR, "fp8")
     with pytest.raises(backends.UnknownBackendError, match="SER_AUTO_LOSSY"):
         automatic_candidates(BF16_MACHINE)
     gpu = hardware_from(AVX2_ONLY, "AVX2", "test CPU", cuda_device="NVIDIA test GPU", cuda_bf16=True)
@@ -120,7 +117,7 @@ def _record_time_candidates(monkeypatch) -> list[dict]:
     calls: list[dict] = []
     real_time_candidates = backends.time_candidates
 
-    def recording(runners, inputs, repeats=backends.SELECTION_REPEATS, to_probabilities=None):
+    def recording(runners, inputs, repeats=backend_choice.SELECTION_REPEATS, to_probabilities=None):
         calls.append({"runners": dict(runners), "to_probabilities": to_probabilities})
         return real_time_candidates(runners, inputs, repeats, to_probabilities)
 
@@ -133,7 +130,7 @@ def test_automatic_choice_on_an_avx2_machine(tiny_tdnn_dir, monkeypatch):
     emulated bf16 is still never timed, the others are, and the fastest agreeing one serves, int8
     with 7-bit weights."""
     monkeypatch.delenv(backends.BACKEND_ENV_VAR, raising=False)
-    monkeypatch.setenv(backends.AUTO_LOSSY_ENV_VAR, "bf16,onnx-int8")
+    monkeypatch.setenv(backend_choice.AUTO_LOSSY_ENV_VAR, "bf16,onnx-int8")
     monkeypatch.setattr(backends, "detect_hardware", lambda: AVX2_MACHINE)
     calls = _record_time_candidates(monkeypatch)
     classifier = EmotionClassifier.from_pretrained(tiny_tdnn_dir)
@@ -154,7 +151,7 @@ def test_automatic_choice_on_an_avx2_machine(tiny_tdnn_dir, monkeypatch):
 
 def test_default_automatic_choice_is_exact(tiny_cnn_dir, monkeypatch):
     monkeypatch.delenv(backends.BACKEND_ENV_VAR, raising=False)
-    monkeypatch.delenv(backends.AUTO_LOSSY_ENV_VAR, raising=False)
+    monkeypatch.delenv(backend_choice.AUTO_LOSSY_ENV_VAR, raising=False)
     monkeypatch.setattr(backends, "detect_hardware", lambda: BF16_MACHINE)
     classifier = EmotionClassifier.from_pretrained(tiny_cnn_dir)
     assert classifier.backend in ("torch", "onnx") and set(classifier.backend_choice.timings_ms) == {"torch", "onnx"}
@@ -165,7 +162,7 @@ def test_default_automatic_choice_is_exact(tiny_cnn_dir, monkeypatch):
 
 def test_automatic_choice_keeps_a_clearly_faster_lossy_backend(tiny_cnn_dir, monkeypatch):
     monkeypatch.delenv(backends.BACKEND_ENV_VAR, raising=False)
-    monkeypatch.setenv(backends.AUTO_LOSSY_ENV_VAR, "bf16")
+    monkeypatch.setenv(backend_choice.AUTO_LOSSY_ENV_VAR, "bf16")
     monkeypatch.setattr(backends, "detect_hardware", lambda: BF16_MACHINE)
     measured = {"torch": result(100), "onnx": result(90, 1e-6), "bf16": result(40, 0.001)}
     monkeypatch.setattr(backends, "time_candidates", lambda runners, inputs, repeats=3, to_probabilities=None: {name: measured[name] for name in runners})
@@ -196,7 +193,7 @@ def test_cuda_refused_without_a_gpu(tiny_cnn_dir, monkeypatch):
 
 def test_explicit_bf16_without_hardware_bf16_warns(tiny_cnn_dir, monkeypatch, caplog):
     monkeypatch.setattr(backends, "detect_hardware", lambda: AVX2_MACHINE)
-    with caplog.at_level("WARNING", logger="ser.backends"):
+    with caplog.at_level("WARNING", logger="ser.inference.backends"):
         classifier = EmotionClassifier.from_pretrained(tiny_cnn_dir, backend="bf16")
     assert classifier.backend == "bf16"
     assert any("emulates" in record.getMessage() for record in caplog.records)
@@ -231,7 +228,7 @@ def test_zero_gpu_wraps_the_runner_with_spaces_gpu(monkeypatch):
 
 
 def test_spaces_is_not_imported_off_zero_gpu(monkeypatch):
-    from ser import hardware
+    from ser.inference import hardware
 
     monkeypatch.delenv(hardware.ZERO_GPU_ENV_VAR, raising=False)
     assert not hardware.zero_gpu_available()
@@ -248,7 +245,7 @@ def test_health_reports_the_choice_and_its_reason(tiny_cnn_dir, monkeypatch):
 
 
 def test_a_cpuid_mask_is_named_in_the_description(monkeypatch):
-    from ser.hardware import cpuid_mask_level
+    from ser.inference.hardware import cpuid_mask_level
 
     monkeypatch.setenv("CPUID_MASK_LEVEL", "avx2")
     monkeypatch.delenv("LD_PRELOAD", raising=False)
@@ -261,7 +258,7 @@ def test_a_cpuid_mask_is_named_in_the_description(monkeypatch):
 
 
 def test_this_machine_is_read_as_torch_sees_it():
-    from ser.hardware import detect_hardware
+    from ser.inference.hardware import detect_hardware
 
     hardware = detect_hardware()
     assert hardware.cpu_capability == torch.backends.cpu.get_cpu_capability().upper()

@@ -11,10 +11,11 @@ import pytest
 import torch
 from conftest import synth_clip
 
-from ser import backends
-from ser.backends import UnknownBackendError, cache_dir_for, requested_backend
-from ser.hardware import detect_hardware, hardware_from
-from ser.predictor import EmotionClassifier
+from ser.inference import backends, onnx_export
+from ser.inference.backends import UnknownBackendError, requested_backend
+from ser.inference.hardware import detect_hardware, hardware_from
+from ser.inference.onnx_export import cache_dir_for
+from ser.inference.predictor import EmotionClassifier
 
 # Lengths around the edges: shorter than the CNN's STFT window (400 samples), odd, 3 s.
 LENGTHS = (300, 1_600, 12_345, 16_000, 48_000)
@@ -71,7 +72,7 @@ def test_onnx_cache_is_reused(model_copy):
     assert first.backend_info.exported
     assert graph == model_copy / "onnx" / "model.int8.onnx" and graph.is_file()
     metadata = json.loads(graph.with_suffix(".json").read_text())
-    assert metadata["exporter_version"] == backends.EXPORTER_VERSION
+    assert metadata["exporter_version"] == onnx_export.EXPORTER_VERSION
     modified = graph.stat().st_mtime_ns
 
     second = EmotionClassifier.from_pretrained(model_copy, backend="onnx-int8")
@@ -112,17 +113,17 @@ def test_exporter_version_change_invalidates(tiny_cnn_dir, tmp_path, monkeypatch
     model_dir = shutil.copytree(tiny_cnn_dir, tmp_path / "model", ignore=shutil.ignore_patterns("onnx"))
     assert EmotionClassifier.from_pretrained(model_dir, backend="onnx").backend_info.exported
     assert not EmotionClassifier.from_pretrained(model_dir, backend="onnx").backend_info.exported
-    monkeypatch.setattr(backends, "EXPORTER_VERSION", backends.EXPORTER_VERSION + "-next")
+    monkeypatch.setattr(onnx_export, "EXPORTER_VERSION", onnx_export.EXPORTER_VERSION + "-next")
     assert EmotionClassifier.from_pretrained(model_dir, backend="onnx").backend_info.exported
 
 
 def test_cache_location_for_hub_ids_and_read_only_folders(tmp_path, monkeypatch):
-    monkeypatch.setenv(backends.CACHE_ENV_VAR, str(tmp_path / "cache"))
+    monkeypatch.setenv(onnx_export.CACHE_ENV_VAR, str(tmp_path / "cache"))
     assert cache_dir_for("superb/wav2vec2-base-superb-er") == tmp_path / "cache" / "onnx" / "superb--wav2vec2-base-superb-er"
     model_dir = tmp_path / "model"
     model_dir.mkdir()
     assert cache_dir_for(str(model_dir)) == model_dir / "onnx"
-    monkeypatch.setattr(backends, "_is_writable_dir", lambda directory: False)
+    monkeypatch.setattr(onnx_export, "_is_writable_dir", lambda directory: False)
     read_only = cache_dir_for(str(model_dir))
     assert read_only.parent == tmp_path / "cache" / "onnx" and read_only.name.endswith("model")
 
@@ -151,7 +152,7 @@ def test_int8_quantizes_only_weight_matmuls(tiny_wav2vec2_dir, tmp_path):
     import onnx
     from transformers import AutoModelForAudioClassification
 
-    from ser.backends import export_onnx, quantize_int8
+    from ser.inference.onnx_export import export_onnx, quantize_int8
 
     model = AutoModelForAudioClassification.from_pretrained(tiny_wav2vec2_dir).eval()
     fp32, int8 = tmp_path / "model.onnx", tmp_path / "model.int8.onnx"

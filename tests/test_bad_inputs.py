@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 import requests
-
 from conftest import REPO_ROOT
 from live_server import file_data, rest_call, rest_upload, running_app
 

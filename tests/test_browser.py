@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 import soundfile
-
 from conftest import REPO_ROOT, synth_clip
-from ser.predictor import EmotionClassifier
+
+from ser.inference.predictor import EmotionClassifier
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS_DIR = REPO_ROOT / "test-artifacts"

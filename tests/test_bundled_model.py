@@ -7,10 +7,10 @@ import json
 
 import numpy as np
 import pytest
-
 from conftest import SHARED_DATA, requires_shared_data, synth_clip
-from ser.labels import DEFAULT_LABELS
-from ser.predictor import BUNDLED_MODEL_DIR, EmotionClassifier
+
+from ser.core.labels import DEFAULT_LABELS
+from ser.inference.predictor import BUNDLED_MODEL_DIR, EmotionClassifier
 
 #: Issue 15's limit for the bundled Whisper-encoder model (its encoder is stored as float16).
 MAX_REPO_MB = 45.0
@@ -37,7 +37,7 @@ def bundled() -> EmotionClassifier:
 
 def test_default_model_is_the_bundled_one(monkeypatch):
     monkeypatch.delenv("SER_MODEL", raising=False)
-    from ser.predictor import resolve_model_path
+    from ser.inference.predictor import resolve_model_path
 
     assert resolve_model_path() == str(BUNDLED_MODEL_DIR)
 
@@ -51,7 +51,8 @@ def test_bundled_model_answers_offline(bundled):
 
 @requires_shared_data
 def test_accuracy_on_held_out_actors_stays_above_the_floor(bundled):
-    from ser.evaluation import run_inference, select_clips
+    from ser.evaluation.inference import run_inference
+    from ser.evaluation.selection import select_clips
 
     measured = _bundled_metrics("ravdess-actors-21-24")["accuracy"]
     selection = select_clips(SHARED_DATA / "ravdess", bundled.labels, speakers={"21", "22", "23", "24"}, exclude_labels=["surprised"])
@@ -72,11 +73,14 @@ def test_model_card_is_generated_from_the_metrics_files():
 
 
 def test_default_confidence_threshold_follows_the_bundled_models_coverage_curve():
-    """The rule in ser.quality: the highest threshold at which the bundled model still answers at
+    """The rule in ser.inference.quality: the highest threshold at which the bundled model still answers at
     least half of the in-domain test clips."""
     import csv
 
-    from ser.quality import DEFAULT_CONFIDENCE_THRESHOLD, MIN_ANSWERED_FRACTION
+    from ser.inference.quality import (
+        DEFAULT_CONFIDENCE_THRESHOLD,
+        MIN_ANSWERED_FRACTION,
+    )
 
     rows = list(csv.DictReader((BUNDLED_MODEL_DIR / "eval" / "ravdess-actors-21-24" / "coverage.csv").open()))
     chosen = max(float(row["threshold"]) for row in rows if float(row["coverage"]) >= MIN_ANSWERED_FRACTION)
@@ -84,7 +88,12 @@ def test_default_confidence_threshold_follows_the_bundled_models_coverage_curve(
 
 
 def test_card_describes_cv_candidates_by_their_difference_from_the_shipped_recipe(tmp_path):
-    from scripts.make_model_card import best_candidate_sentence, cv_candidates, cv_table, seed_rerun_sentence
+    from scripts.make_model_card import (
+        best_candidate_sentence,
+        cv_candidates,
+        cv_table,
+        seed_rerun_sentence,
+    )
 
     def candidate(name: str, accuracies: list[float], recipe: dict, **config) -> None:
         folds = [{"speakers": [], "accuracy": accuracy, "macro_f1": 0.5, "n": 10} for accuracy in accuracies]

@@ -16,11 +16,11 @@ from conftest import synth_clip
 from live_server import UNGATED_ARGS, file_data, rest_upload, running_app
 
 import app
-from ser.adaptation import MIN_ADAPTATION_CLIPS
-from ser.audio import load_audio
-from ser.calibration import Calibration, CalibrationError
-from ser.predictor import EmotionClassifier
-from ser.statistics import EmbeddingStatistics
+from ser.audio.loader import load_audio
+from ser.core.statistics import EmbeddingStatistics
+from ser.inference.adaptation import MIN_ADAPTATION_CLIPS
+from ser.inference.predictor import EmotionClassifier
+from ser.serving.calibration import Calibration, CalibrationError
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""benchmarks/cpu_mask/run shows every library an older CPU: PyTorch's kernel level, ser.hardware's
+"""benchmarks/cpu_mask/run shows every library an older CPU: PyTorch's kernel level, ser.inference.hardware's
 detection and ONNX Runtime's int8 kernels all follow the mask, and the program's own SIGSEGV
 handling still works. Skips where CPUID faulting (or gcc) is missing."""
 
@@ -23,7 +23,7 @@ pytestmark = pytest.mark.skipif(
 )
 
 DETECT = (
-    "import json, torch; from ser.hardware import detect_hardware; "
+    "import json, torch; from ser.inference.hardware import detect_hardware; "
     "print(json.dumps({'capability': torch.backends.cpu.get_cpu_capability(), **detect_hardware().to_dict()}))"
 )
 
@@ -79,9 +79,9 @@ import json, sys
 import numpy as np
 sys.path.insert(0, "tests")
 from conftest import synth_clip
-from ser import backends
-from ser.hardware import detect_hardware, hardware_from
-from ser.predictor import EmotionClassifier
+from ser.inference import backends
+from ser.inference.hardware import detect_hardware, hardware_from
+from ser.inference.predictor import EmotionClassifier
 
 model = sys.argv[1]
 clips = [synth_clip(index % 6, seed=index, duration_s=length / 16_000) for index, length in enumerate((1_600, 12_345, 16_000, 48_000))]

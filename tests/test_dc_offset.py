@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import soundfile
-
 from conftest import SAMPLE_RATE, write_clip
-from ser.audio import DcBlocker, iter_audio_blocks, load_audio, prepare_waveform
-from ser.quality import QualityConfig, check_quality
+
+from ser.audio.loader import DcBlocker, iter_audio_blocks, load_audio, prepare_waveform
+from ser.inference.quality import QualityConfig, check_quality
 
 SENTENCE = "The weather was lovely this morning, so we walked along the river for an hour."
 SCALE, OFFSET = 0.3, 0.6
@@ -74,7 +74,7 @@ def test_dc_blocker_state_carries_across_blocks():
 
 def test_app_answers_offset_speech_with_the_gate_on(offset_speech, tiny_cnn_dir):
     import app
-    from ser.predictor import EmotionClassifier
+    from ser.inference.predictor import EmotionClassifier
 
     shifted, _ = offset_speech
     classifier = EmotionClassifier.from_pretrained(tiny_cnn_dir, backend="torch")

@@ -1,4 +1,4 @@
-"""evaluate_crosslingual.py and ser.evaluation: folder mapping, open vs restricted scoring, outputs."""
+"""evaluate_crosslingual.py and ser.evaluation.corpus_evaluation: folder mapping, open vs restricted scoring, outputs."""
 
 from __future__ import annotations
 
@@ -9,13 +9,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import SHARED_DATA, synth_clip, write_clip
 
 import evaluate_crosslingual
-from conftest import SHARED_DATA, synth_clip, write_clip
-from ser import predictor
-from ser.corpus import CorpusError
-from ser.evaluation import parse_speakers, score_predictions, select_clips
-from ser.labels import DEFAULT_LABELS
+from ser.core.labels import DEFAULT_LABELS
+from ser.data.corpus import CorpusError
+from ser.evaluation.scoring import score_predictions
+from ser.evaluation.selection import parse_speakers, select_clips
+from ser.inference import predictor
 
 EMOVO_DIR = SHARED_DATA / "emovo"
 OUTPUT_FILES = ("metrics.json", "predictions.csv", "confusion_matrix.csv", "confusion_matrix.png", "report.md")

@@ -10,7 +10,7 @@ from conftest import synth_clip
 
 from ser.models import EmotionCnnConfig, EmotionCnnForAudioClassification
 from ser.models.emotion_cnn import member_cross_entropy, speech_frames
-from ser.training import SerTrainer
+from ser.training.trainer import SerTrainer
 
 LABELS = ["angry", "disgusted", "fearful", "happy", "neutral", "sad"]
 

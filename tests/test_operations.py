@@ -10,22 +10,22 @@ from pathlib import Path
 
 import pytest
 import requests
+from conftest import REPO_ROOT
 from gradio_client import Client, handle_file
+from live_server import file_data, rest_call, rest_upload, running_app
 from prometheus_client.parser import text_string_to_metric_families
 
 import app
-from conftest import REPO_ROOT
-from live_server import file_data, rest_call, rest_upload, running_app
-from ser.monitoring import AppMetrics, ClassPrior, kl_divergence, load_class_prior
-from ser.serving import (
-    Endpoint,
-    RequestGuard,
-    RequestTimeoutError,
-    UploadRegistry,
-    check_body,
-    env_default,
-    rejection_reason,
+from ser.serving.guard import RequestGuard, rejection_reason
+from ser.serving.limits import RequestTimeoutError, env_default
+from ser.serving.monitoring import (
+    AppMetrics,
+    ClassPrior,
+    kl_divergence,
+    load_class_prior,
 )
+from ser.serving.payload import Endpoint, check_body
+from ser.serving.uploads import UploadRegistry
 
 LABELS = ["angry", "happy", "sad"]
 requires_ffmpeg = pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="ffmpeg is not installed")
@@ -194,7 +194,7 @@ def test_guard_times_out_with_a_message_and_deletes_the_upload_when_work_ends(tm
 
 
 def test_rejection_reason_labels():
-    from ser.audio import AudioTooLongError
+    from ser.audio.loader import AudioTooLongError
 
     class UserFacing(Exception):
         pass
@@ -356,8 +356,8 @@ def test_logs_hold_no_audio_and_no_tokens(server):
 def test_health_is_503_until_ready():
     import asyncio
 
-    from ser.monitoring import Readiness
-    from ser.serving import ServingMiddleware, ServingState
+    from ser.serving.middleware import ServingMiddleware, ServingState
+    from ser.serving.monitoring import Readiness
 
     state = ServingState(
         AppMetrics(LABELS, ClassPrior({label: 1 / 3 for label in LABELS}, "uniform (test)"), 0.5),

@@ -10,10 +10,10 @@ import pytest
 from conftest import synth_clip, write_clip
 
 from ser import predict
-from ser.audio import load_audio
-from ser.predict_adapted import adaptation_report_path, speakers_for
-from ser.predictor import EmotionClassifier
-from ser.statistics import EmbeddingStatistics
+from ser.audio.loader import load_audio
+from ser.batch.adapted import adaptation_report_path, speakers_for
+from ser.core.statistics import EmbeddingStatistics
+from ser.inference.predictor import EmotionClassifier
 
 
 @pytest.fixture(scope="module")

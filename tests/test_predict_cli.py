@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 from conftest import REPO_ROOT, synth_clip, write_clip
 
-from ser.predict import list_inputs, main, shard, shard_output_path
-from ser.predictor import EmotionClassifier
-from ser.quality import DEFAULT_CONFIDENCE_THRESHOLD
+from ser.batch.io import list_inputs, shard, shard_output_path
+from ser.inference.predictor import EmotionClassifier
+from ser.inference.quality import DEFAULT_CONFIDENCE_THRESHOLD
+from ser.predict import main
 
 
 def _read(path: Path) -> list[dict[str, str]]:
@@ -160,7 +161,7 @@ def test_glob_and_table_file_lists(tiny_cnn_dir, clips_dir, tmp_path, capsys):
 def test_parquet_output_has_the_csv_rows_and_resumes(tiny_cnn_dir, clips_dir, tmp_path):
     import pyarrow.parquet
 
-    from ser.predict import ResultWriter, ScoredBatch
+    from ser.batch.io import ResultWriter, ScoredBatch
 
     arguments = ["--model", str(tiny_cnn_dir), "--inputs", str(clips_dir), "--backend", "onnx"]
     assert main(arguments + ["--output", str(tmp_path / "preds.csv")]) == 0

@@ -13,8 +13,8 @@ from conftest import synth_clip, write_clip
 
 ray = pytest.importorskip("ray")
 
+from ser.batch.ray_engine import init_ray, predict_files_ray  # noqa: E402
 from ser.predict import main  # noqa: E402
-from ser.predict_ray import init_ray, predict_files_ray  # noqa: E402
 
 BATCH_SIZE = 2
 

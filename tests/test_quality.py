@@ -1,4 +1,4 @@
-"""The quality gate (ser.quality): generated silence, noise, clipping, short clips and espeak-ng speech."""
+"""The quality gate (ser.inference.quality): generated silence, noise, clipping, short clips and espeak-ng speech."""
 
 from __future__ import annotations
 
@@ -7,9 +7,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import SAMPLE_RATE, write_clip
 
-from ser.audio import AudioError, load_audio
-from ser.quality import (
+from ser.audio.loader import AudioError, load_audio
+from ser.inference.quality import (
     DEFAULT_CONFIDENCE_THRESHOLD,
     Answer,
     ProblemCode,
@@ -23,8 +24,6 @@ from ser.quality import (
     is_uncertain,
 )
 
-from conftest import SAMPLE_RATE, write_clip
-
 SENTENCE = "The weather was lovely this morning, so we walked along the river for an hour."
 
 
@@ -32,7 +31,7 @@ SENTENCE = "The weather was lovely this morning, so we walked along the river fo
 def speech(espeak_speech) -> np.ndarray:
     """About 4.5 s of espeak-ng speech at the project's rate, through the shared loader."""
     samples, sample_rate = espeak_speech(SENTENCE)
-    from ser.audio import prepare_waveform
+    from ser.audio.loader import prepare_waveform
 
     return prepare_waveform(samples, sample_rate)
 
@@ -155,7 +154,7 @@ def test_speech_between_silences_is_located(speech, tmp_path):
 
 
 def load_audio_at(samples: np.ndarray, sample_rate: int) -> np.ndarray:
-    from ser.audio import resample
+    from ser.audio.loader import resample
 
     return resample(samples, SAMPLE_RATE, sample_rate)
 
@@ -169,7 +168,7 @@ def test_vad_is_loaded_once_and_leaves_torch_threads_alone():
     detector = get_speech_detector()
     assert get_speech_detector() is detector
     # Importing silero_vad sets torch to one thread; only a fresh process shows whether that is undone.
-    probe = "import torch; torch.set_num_threads(2); from ser.quality import get_speech_detector; get_speech_detector(); print(torch.get_num_threads())"
+    probe = "import torch; torch.set_num_threads(2); from ser.inference.quality import get_speech_detector; get_speech_detector(); print(torch.get_num_threads())"
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=REPO_ROOT, check=True)
     assert result.stdout.strip() == "2"
 
@@ -244,9 +243,9 @@ def app_classifier(tiny_cnn_dir):
 
 def test_app_refuses_unusable_clips_with_the_gate_message(app_classifier, speech, tmp_path):
     import gradio as gr
+    from conftest import synth_clip
 
     import app
-    from conftest import synth_clip
 
     tone = write_clip(tmp_path / "tone.wav", synth_clip(2, seed=1, duration_s=2.0))
     quiet = write_clip(tmp_path / "quiet.wav", np.zeros(2 * SAMPLE_RATE, dtype=np.float32))
@@ -346,8 +345,10 @@ def test_evaluation_reports_gate_coverage_and_noise(mixed_corpus, tiny_cnn_dir, 
 
 
 def test_noise_is_reproducible_and_independent_of_batching(mixed_corpus, tiny_cnn_dir):
-    from ser.evaluation import noise_robustness, run_inference, select_clips
-    from ser.predictor import EmotionClassifier
+    from ser.evaluation.inference import run_inference
+    from ser.evaluation.robustness import noise_robustness
+    from ser.evaluation.selection import select_clips
+    from ser.inference.predictor import EmotionClassifier
 
     classifier = EmotionClassifier.from_pretrained(tiny_cnn_dir, backend="torch")
     clips = select_clips(mixed_corpus, classifier.labels).clips

@@ -1,12 +1,18 @@
-"""ser.splits: speaker-independent and random splits, with exact expectations."""
+"""ser.data.splits: speaker-independent and random splits, with exact expectations."""
 
 from __future__ import annotations
 
 import pytest
 from sklearn.model_selection import train_test_split
 
-from ser.corpus import Clip, scan_corpus
-from ser.splits import SplitError, group_of, make_split, parse_speaker_list, random_split
+from ser.data.corpus import Clip, scan_corpus
+from ser.data.splits import (
+    SplitError,
+    group_of,
+    make_split,
+    parse_speaker_list,
+    random_split,
+)
 from tests.conftest import SHARED_DATA
 
 LABELS = ("angry", "disgusted", "fearful", "happy", "neutral", "sad")

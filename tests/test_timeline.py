@@ -1,4 +1,4 @@
-"""Long recordings -> speech segments -> per-segment emotions (ser.timeline), with espeak-ng speech."""
+"""Long recordings -> speech segments -> per-segment emotions (ser.inference.timeline), with espeak-ng speech."""
 
 from __future__ import annotations
 
@@ -12,11 +12,21 @@ import textwrap
 import numpy as np
 import pytest
 import soundfile
+from conftest import REPO_ROOT, SAMPLE_RATE, write_clip
 
-from ser.audio import EmptyAudioError, iter_audio_blocks, load_audio, prepare_waveform
-from ser.predictor import EmotionClassifier
-from ser.quality import DEFAULT_CONFIDENCE_THRESHOLD, QualityConfig, UnusableAudioError
-from ser.timeline import (
+from ser.audio.loader import (
+    EmptyAudioError,
+    iter_audio_blocks,
+    load_audio,
+    prepare_waveform,
+)
+from ser.inference.predictor import EmotionClassifier
+from ser.inference.quality import (
+    DEFAULT_CONFIDENCE_THRESHOLD,
+    QualityConfig,
+    UnusableAudioError,
+)
+from ser.inference.timeline import (
     TABLE_HEADERS,
     TimelineConfig,
     _cut_segments,
@@ -27,8 +37,6 @@ from ser.timeline import (
     timeline_for_waveform,
     timeline_table,
 )
-
-from conftest import REPO_ROOT, SAMPLE_RATE, write_clip
 
 GAP_S = 2.0
 #: Allowed error on a segment edge: VAD frames are 32 ms, plus the 0.1 s padding and onset smoothing.
@@ -81,7 +89,7 @@ def test_segments_are_found_where_the_speech_is(classifier, two_sentences, tmp_p
 
 
 def soundfile_resample(samples: np.ndarray, sample_rate: int) -> np.ndarray:
-    from ser.audio import resample
+    from ser.audio.loader import resample
 
     return resample(samples, SAMPLE_RATE, sample_rate)
 
@@ -239,8 +247,8 @@ def write_periodic_recording(path, sentence: np.ndarray, duration_s: float) -> i
 MEMORY_PROBE = textwrap.dedent(
     """
     import json, resource, sys
-    from ser.predictor import EmotionClassifier
-    from ser.timeline import timeline_for_file
+    from ser.inference.predictor import EmotionClassifier
+    from ser.inference.timeline import timeline_for_file
 
     classifier = EmotionClassifier.from_pretrained(sys.argv[1], backend="torch")
     timeline_for_file(classifier, sys.argv[2])  # warm-up: VAD session, torch kernels, allocator pools

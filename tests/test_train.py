@@ -1,5 +1,5 @@
 """train.py end to end on generated audio and tiny random models, plus its argument handling,
-the training helpers (ser/training.py) and augmentation (ser/augment.py). Offline and small."""
+the training helpers (ser/training/trainer.py) and augmentation (ser/audio/augment.py). Offline and small."""
 
 from __future__ import annotations
 
@@ -16,9 +16,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ser.augment import AugmentConfig, add_noise, apply_gain, augment_waveform, speed_perturb
-from ser.predictor import EmotionClassifier
-from ser.training import ClipDataset, SerTrainer, center_crop, class_weights, mix_batch, sample_weights
+from ser.audio.augment import (
+    AugmentConfig,
+    add_noise,
+    apply_gain,
+    augment_waveform,
+    speed_perturb,
+)
+from ser.inference.predictor import EmotionClassifier
+from ser.training.arguments import FROM_SCRATCH_LEARNING_RATE, DataArguments, ModelArguments, TrainSetupError
+from ser.training.datasets import ClipDataset, center_crop
+from ser.training.setup import build_model, load_corpus_split
+from ser.training.trainer import SerTrainer, class_weights, mix_batch, sample_weights
 from tests.conftest import REPO_ROOT, SHARED_DATA, synth_clip, write_clip
 
 SIX = ["angry", "disgusted", "fearful", "happy", "neutral", "sad"]
@@ -78,8 +87,8 @@ def test_use_weighted_layer_sum_is_set_or_refused_clearly(tiny_wav2vec2_dir):
     import torch
 
     try:
-        model, _ = train.build_model(train.ModelArguments(model_name_or_path=str(tiny_wav2vec2_dir), use_weighted_layer_sum=True), SIX)
-    except train.TrainSetupError as error:
+        model, _ = build_model(ModelArguments(model_name_or_path=str(tiny_wav2vec2_dir), use_weighted_layer_sum=True), SIX)
+    except TrainSetupError as error:
         # transformers 5.23 returns one hidden state fewer than group-norm wav2vec2 has layer weights: refused up front.
         assert "--use_weighted_layer_sum does not work for Wav2Vec2ForSequenceClassification" in str(error)
         return
@@ -97,7 +106,7 @@ def test_from_scratch_emotion_cnn_with_sampler_and_augmentation(tmp_path, audio_
     )  # fmt: skip
     assert code == 0
     assert _read(output_dir / "config.json")["model_type"] == "emotion_cnn"
-    assert _read(output_dir / "train_config.json")["training"]["learning_rate"] == train.FROM_SCRATCH_LEARNING_RATE
+    assert _read(output_dir / "train_config.json")["training"]["learning_rate"] == FROM_SCRATCH_LEARNING_RATE
     assert "has no CNN feature encoder" in caplog.text
     classifier = EmotionClassifier.from_pretrained(output_dir)
     prediction = classifier.classify_waveform(synth_clip(0, seed=5))
@@ -167,7 +176,7 @@ def test_missing_folder_and_unparsed_names(tmp_path, caplog):
 
 def test_label_map_renames_folders(tmp_path):
     data_dir = _make_corpus(tmp_path / "data", {"Angry": 2, "Calm": 2})
-    labels, split = train.load_corpus_split(train.DataArguments(data_dir=str(data_dir), label_map="calm=neutral", split="random", eval_fraction=0.0, test_fraction=0.25), seed=0)
+    labels, split = load_corpus_split(DataArguments(data_dir=str(data_dir), label_map="calm=neutral", split="random", eval_fraction=0.0, test_fraction=0.25), seed=0)
     assert labels == ["angry", "neutral"]
     assert len(split.train) == 3 and len(split.test) == 1
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from ser.whisper_import import (
+from ser.models.whisper_import import (
     WHISPER_BASE_PACKAGES,
     WhisperImportError,
     import_whisper,
@@ -80,12 +80,12 @@ whisper_base_installed = pytest.mark.skipif(
 
 @whisper_base_installed
 def test_imported_whisper_base_matches_ctranslate2_encoder(tmp_path):
+    import shutil
+
     import ctranslate2
     from transformers import WhisperFeatureExtractor, WhisperModel
 
-    import shutil
-
-    from ser.whisper_import import find_package_parts
+    from ser.models.whisper_import import find_package_parts
 
     imported = import_whisper(tmp_path / "whisper-base")
     parts, package_dir = find_package_parts()
@@ -142,7 +142,7 @@ def test_hidden_states_match_transformers_encoder_on_30_s(whisper_ser, tiny_whis
 
 
 def test_batch_of_unequal_clips_gives_each_clips_own_probabilities(tiny_whisper_ser_dir):
-    from ser.predictor import EmotionClassifier
+    from ser.inference.predictor import EmotionClassifier
 
     classifier = EmotionClassifier.from_pretrained(tiny_whisper_ser_dir, backend="torch")
     clips = [_speechlike(seconds, seed) for seed, seconds in enumerate((0.7, 2.3, 1.41, 3.0))]
@@ -200,7 +200,7 @@ def test_too_long_input_says_to_window(whisper_ser):
 
 # -- the embedding cache and train.py -----------------------------------------------------------------
 def test_state_fingerprints_are_shared_by_models_with_the_same_blocks(tiny_whisper_checkpoint_dir):
-    from ser.embeddings import state_fingerprints
+    from ser.inference.embeddings import state_fingerprints
     from ser.models.whisper_ser import from_whisper_checkpoint
 
     shallow = from_whisper_checkpoint(str(tiny_whisper_checkpoint_dir), {0: "a", 1: "b"}, "layers=[1]")
@@ -215,8 +215,9 @@ def test_state_fingerprints_are_shared_by_models_with_the_same_blocks(tiny_whisp
 def test_train_whisper_with_cached_embeddings(audio_emotions_dir, tiny_whisper_checkpoint_dir, tmp_path, caplog):
     import logging
 
-    import train
     from transformers import AutoModelForAudioClassification
+
+    import train
 
     cache = tmp_path / "cache"
     common = [
@@ -226,13 +227,13 @@ def test_train_whisper_with_cached_embeddings(audio_emotions_dir, tiny_whisper_c
         "--num_train_epochs", "2", "--per_device_train_batch_size", "8", "--learning_rate", "1e-3",
         "--save_strategy", "no", "--eval_strategy", "no", "--report_to", "none",
     ]  # fmt: skip
-    with caplog.at_level(logging.INFO, logger="ser.embeddings"):
+    with caplog.at_level(logging.INFO, logger="ser.inference.embeddings"):
         assert train.main([*common, "--output_dir", str(tmp_path / "first")]) == 0
     assert "Embedding" in caplog.text
     stored = sorted(cache.rglob("*.npy"))
     assert stored  # every hidden state of every clip and copy
     caplog.clear()
-    with caplog.at_level(logging.INFO, logger="ser.embeddings"):
+    with caplog.at_level(logging.INFO, logger="ser.inference.embeddings"):
         assert train.main([*common, "--config_overrides", "layers=[0,2],head_hidden_size=0", "--output_dir", str(tmp_path / "second")]) == 0
     assert "Embedding" not in caplog.text  # other layers of the same blocks: all from the cache
     assert sorted(cache.rglob("*.npy")) == stored
@@ -246,9 +247,10 @@ def test_train_whisper_with_cached_embeddings(audio_emotions_dir, tiny_whisper_c
 
 
 def test_train_whisper_fine_tuning_top_block(audio_emotions_dir, tiny_whisper_checkpoint_dir, tmp_path):
-    import train
     from safetensors.torch import load_file
     from transformers import AutoModelForAudioClassification
+
+    import train
 
     output = tmp_path / "run"
     code = train.main([

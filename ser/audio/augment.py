@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .audio import resample
+from ser.audio.loader import resample
 
 
 def add_noise(waveform: np.ndarray, rng: np.random.Generator, snr_db_range: tuple[float, float]) -> np.ndarray:

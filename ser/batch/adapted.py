@@ -1,12 +1,12 @@
 """``python -m ser.predict --adapt corpus|speaker``: batch prediction adapted to the files' own statistics.
 
-Two passes (``ser.adaptation``): embed every listed file (decoded in threads while the model runs,
+Two passes (``ser.inference.adaptation``): embed every listed file (decoded in threads while the model runs,
 gated like the plain run), then compute the statistics (all files: ``corpus``; per speaker:
 ``speaker``) and classify each file's embedding with them. The rows have the plain run's columns;
 which statistics were used is written beside the output (``<output>.adaptation.json``).
 
 The speaker of a file (``--speaker_from``): ``filename`` (parsed from known corpus names, as
-``ser.corpus.parse_speaker``: RAVDESS, CREMA-D, TESS, SAVEE, AESDD, EMOVO), ``parent`` (the
+``ser.data.corpus.parse_speaker``: RAVDESS, CREMA-D, TESS, SAVEE, AESDD, EMOVO), ``parent`` (the
 folder the file is in) or ``column:NAME`` (that column of the ``--inputs`` CSV / Parquet list).
 A file without one gets the corpus statistics, and such files are counted.
 
@@ -25,10 +25,17 @@ from pathlib import Path
 
 import numpy as np
 
-from .adaptation import AdaptationUnsupportedError, adapted_probabilities, check_mode, plan_adaptation
-from .audio import AudioError
-from .corpus import parse_speaker
-from .quality import DEFAULT_CONFIDENCE_THRESHOLD
+from ser.audio.loader import AudioError
+from ser.batch.io import ResultWriter, ScoredBatch, _import_pyarrow, is_parquet
+from ser.batch.scoring import decoded_batches, per_clip_on_failure, result_row
+from ser.data.corpus import parse_speaker
+from ser.inference.adaptation import (
+    AdaptationUnsupportedError,
+    adapted_probabilities,
+    check_mode,
+    plan_adaptation,
+)
+from ser.inference.quality import DEFAULT_CONFIDENCE_THRESHOLD
 
 logger = logging.getLogger(__name__)
 
@@ -43,8 +50,6 @@ def check_speaker_source(spec: str) -> str:
 
 def _column_of_list(inputs: str | os.PathLike, column: str) -> dict[str, str | None]:
     """path -> the ``column`` value of a CSV / Parquet input list (empty cells: ``None``)."""
-    from .predict import _import_pyarrow, is_parquet
-
     source = Path(inputs)
     if not source.is_file() or not (is_parquet(source) or source.suffix.lower() == ".csv"):
         raise ValueError(f"--speaker_from column:{column} needs --inputs to be a CSV or Parquet list with that column; got {inputs}.")
@@ -82,8 +87,6 @@ def adaptation_report_path(output: Path) -> Path:
 
 def _embed(classifier, items: list[tuple[str, np.ndarray]]) -> tuple[list[tuple[str, np.ndarray]], list[list[str]]]:
     """Embed a batch (clip by clip where it fails); a model that cannot adapt stops the run."""
-    from .predict import per_clip_on_failure
-
     return per_clip_on_failure(classifier.embed_batch, items, fatal=(AdaptationUnsupportedError,))
 
 
@@ -101,15 +104,14 @@ def predict_files_adapted(
     confidence_threshold: float = DEFAULT_CONFIDENCE_THRESHOLD,
     quality_check: bool = True,
 ) -> tuple[int, int, int]:
-    """Like ``ser.predict.predict_files`` (same rows, resumable), standardised with the files' own
+    """Like ``ser.batch.local.predict_files`` (same rows, resumable), standardised with the files' own
     statistics (``adapt``: ``corpus`` or ``speaker``; ``speakers[i]`` is ``paths[i]``'s).
     Returns (written, skipped as done, failed)."""
     from tqdm.auto import tqdm
 
-    from .predict import ResultWriter, ScoredBatch, decoded_batches, result_row
 
     if check_mode(adapt) == "none":
-        raise ValueError("predict_files_adapted needs adapt='corpus' or 'speaker'; use ser.predict.predict_files for none.")
+        raise ValueError("predict_files_adapted needs adapt='corpus' or 'speaker'; use ser.batch.local.predict_files for none.")
     if not classifier.supports_adaptation:
         raise AdaptationUnsupportedError(
             f"--adapt {adapt}: {classifier.name} has no utterance embedding with swappable statistics; only models with one "

@@ -2,9 +2,9 @@
 
 The driver (this process) lists the inputs, drops what an earlier run finished (the local engine's
 resume rule) and writes every block of results as it arrives, through the local engine's
-:class:`ser.predict.ResultWriter`. The work runs on an actor pool (Ray Data ``map_batches`` with a
+:class:`ser.batch.io.ResultWriter`. The work runs on an actor pool (Ray Data ``map_batches`` with a
 callable class): each actor loads the model once, then decodes, gates and scores its batches with
-:func:`ser.predict.score_files`, so the rows are the local engine's rows.
+:func:`ser.batch.scoring.score_files`, so the rows are the local engine's rows.
 
 Ray is optional (``pip install -r requirements-ray.txt``) and imported only in here, when this
 engine runs. Every node needs the project's requirements, the model (a path readable on every node,
@@ -22,9 +22,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .backends import THREADS_ENV_VAR
-from .predict import ResultWriter, ScoredBatch, score_files, split_batches
-from .quality import DEFAULT_CONFIDENCE_THRESHOLD
+from ser.batch.io import ResultWriter, ScoredBatch
+from ser.batch.scoring import score_files, split_batches
+from ser.inference.backends import THREADS_ENV_VAR
+from ser.inference.quality import DEFAULT_CONFIDENCE_THRESHOLD
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +67,7 @@ class BatchScorer:
         os.environ[THREADS_ENV_VAR] = str(threads)
         import torch
 
-        from .predictor import EmotionClassifier
+        from ser.inference.predictor import EmotionClassifier
 
         torch.set_num_threads(threads)
         self.classifier = EmotionClassifier.from_pretrained(model, backend=backend)
@@ -121,7 +122,7 @@ def model_labels(model: str) -> list[str]:
     """The model's labels in output order, from its config alone (the driver does not load the weights)."""
     from transformers import AutoConfig
 
-    from . import models as _register_models  # noqa: F401  (the package's own architectures)
+    from ser import models as _register_models  # noqa: F401  (the package's own architectures)
 
     id2label = AutoConfig.from_pretrained(model).id2label
     return [id2label[index] for index in sorted(int(key) for key in id2label)]
@@ -137,7 +138,7 @@ def init_ray(address: str | None = None, **init_kwargs):
     :data:`FORWARDED_ENV_VARS` to every worker. ``init_kwargs`` go to ``ray.init`` (e.g. ``num_cpus``)."""
     ray = import_ray()
     # Ray accepts a local folder to upload only for the whole job, not per actor.
-    runtime_env = {"py_modules": [str(Path(__file__).resolve().parent)], "env_vars": _forwarded_env()}
+    runtime_env = {"py_modules": [str(Path(__file__).resolve().parents[1])], "env_vars": _forwarded_env()}
     if address:
         return ray.init(address=address, runtime_env=runtime_env, **init_kwargs)
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # a local runtime reports nothing to anyone
@@ -162,7 +163,7 @@ def predict_files_ray(
 ) -> tuple[int, int, int]:
     """Classify ``paths`` into ``output`` (resuming) on a Ray actor pool; returns (written, skipped as done, failed)."""
     ray = import_ray()
-    from .predictor import resolve_model_path
+    from ser.inference.predictor import resolve_model_path
 
     model = resolve_model_path(model)
     if Path(model).exists():  # a local folder: the workers run elsewhere (and in another directory)

@@ -17,7 +17,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .labels import canonical_label
+from ser.core.labels import canonical_label
 
 logger = logging.getLogger(__name__)
 

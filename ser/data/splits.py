@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from sklearn.model_selection import train_test_split
 
-from .corpus import Clip, normalise_speaker_id
+from ser.data.corpus import Clip, normalise_speaker_id
 
 logger = logging.getLogger(__name__)
 

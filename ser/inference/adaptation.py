@@ -4,7 +4,7 @@ Most of the error on unseen voices and languages is a shift of the whole embeddi
 (voice, language, microphone). A model with swappable statistics (``EmotionClassifier.supports_adaptation``)
 can standardise a clip's embedding with statistics computed from unlabeled clips of the same
 speaker or corpus instead of the training set's. This module decides, for a set of embedded clips,
-which statistics each clip gets; ``ser.statistics`` computes them. No labels are used anywhere, but
+which statistics each clip gets; ``ser.core.statistics`` computes them. No labels are used anywhere, but
 the statistics do come from the clips being scored.
 
 Modes (``--adapt``): ``none`` (the training statistics, as a single clip gets), ``corpus`` (one set
@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .statistics import EmbeddingStatistics
+from ser.core.statistics import EmbeddingStatistics
 
 logger = logging.getLogger(__name__)
 

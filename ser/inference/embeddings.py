@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .augment import fixed_copy
-from .backends import cache_root, update_with_tensors
+from ser.audio.augment import fixed_copy
+from ser.inference.onnx_export import cache_root, update_with_tensors
 
 logger = logging.getLogger(__name__)
 
@@ -113,7 +113,7 @@ def cached_embeddings(
     max_duration_s: float = 30.0,
 ) -> np.ndarray:
     """The model's embeddings ``(clips, layers, features)`` of ``copy`` (``"original"`` or a
-    :func:`ser.augment.parse_fixed_copies` name) of each clip, read from ``cache`` or computed
+    :func:`ser.audio.augment.parse_fixed_copies` name) of each clip, read from ``cache`` or computed
     (centre-cropped to ``max_duration_s``). A computed clip stores every hidden state, so a later
     model choosing other layers of the same blocks finds them."""
     sample_rate = int(feature_extractor.sampling_rate)

@@ -52,7 +52,7 @@ _ONEDNN_ISA_ORDER = (
 
 @dataclass(frozen=True)
 class Hardware:
-    """The facts the backend choice is made from (see :func:`ser.backends.choose_backend`)."""
+    """The facts the backend choice is made from (see :func:`ser.inference.backends.choose_backend`)."""
 
     cpu_model: str
     #: ``torch.backends.cpu.get_cpu_capability()``: ``AVX512``, ``AVX2``, ``DEFAULT``, ...

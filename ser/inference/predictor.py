@@ -7,7 +7,7 @@ read from the model's own ``config.id2label``; the sample rate from its feature 
 A model with an utterance embedding and swappable standardisation statistics (``classify_embedding``,
 e.g. WhisperSer) is served in two parts: the backend runs only the embedding step, and a copy of the
 small head stays in torch fp32 here, so every backend gives embeddings and a clip can be classified
-with the training statistics (the default) or a speaker's / corpus's own (``ser.statistics``).
+with the training statistics (the default) or a speaker's / corpus's own (``ser.core.statistics``).
 """
 
 from __future__ import annotations
@@ -25,15 +25,15 @@ import numpy as np
 import torch
 from transformers import AutoFeatureExtractor, AutoModelForAudioClassification
 
-from . import models as _register_models  # noqa: F401  (registers the package's own architectures)
-from .adaptation import AdaptationUnsupportedError
-from .audio import EmptyAudioError, load_audio
-from .backends import BackendChoice, choose_and_build, requested_backend
-from .statistics import EmbeddingStatistics
+from ser import models as _register_models  # noqa: F401  (registers the package's own architectures)
+from ser.audio.loader import EmptyAudioError, load_audio
+from ser.core.statistics import EmbeddingStatistics
+from ser.inference.adaptation import AdaptationUnsupportedError
+from ser.inference.backends import BackendChoice, choose_and_build, requested_backend
 
 logger = logging.getLogger(__name__)
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 #: The model shipped with the project (trained by train.py on RAVDESS; see model_card.md).
 BUNDLED_MODEL_DIR = REPO_ROOT / "models" / "ser-ravdess"
 MODEL_ENV_VAR = "SER_MODEL"
@@ -117,14 +117,14 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
 class EmotionClassifier:
     """A frozen audio-classification model with its feature extractor, served by one backend.
 
-    ``backend`` (see :data:`ser.backends.BACKENDS`) decides how ``forward`` runs: ``torch`` is the
-    fp32 reference; ``None`` chooses for this machine (:func:`ser.backends.choose_and_build`, which
+    ``backend`` (see :data:`ser.inference.backends.BACKENDS`) decides how ``forward`` runs: ``torch`` is the
+    fp32 reference; ``None`` chooses for this machine (:func:`ser.inference.backends.choose_and_build`, which
     times the candidates on :meth:`warmup_clip`); ``self.backend_choice`` says what was chosen and
     why. The ONNX backends do not keep the torch module after export (``self.model`` is then
     ``None``; ``self.config`` stays). ``release_model=True`` also frees its weights (set by
     ``from_pretrained``, which owns the model it loads). For a model with an embedding
     (``supports_adaptation``) the backend runs its :class:`UtteranceEmbedder` (``self.model``), and
-    ``statistics=`` arguments swap the standardisation statistics (``ser.statistics``).
+    ``statistics=`` arguments swap the standardisation statistics (``ser.core.statistics``).
     """
 
     def __init__(
@@ -182,7 +182,7 @@ class EmotionClassifier:
         """Load a local folder or a hub id (``None``: ``$SER_MODEL`` or the bundled model).
 
         ``backend``: explicit, else ``$SER_BACKEND``, else (or ``auto``) the fastest one that agrees
-        with fp32 on this machine (:func:`ser.backends.choose_and_build`).
+        with fp32 on this machine (:func:`ser.inference.backends.choose_and_build`).
         """
         name = resolve_model_path(model_name_or_path)
         requested = requested_backend(backend)  # an unknown name fails before the model is loaded

@@ -7,7 +7,7 @@ path (app, API, evaluation, batch) runs the same gate first:
   real voice activity detector (Silero VAD, the ONNX "sequence" model shipped inside the
   ``silero-vad`` wheel; offline, loaded once), level, clipping, and a list of problems, each with
   a stable ``code`` and a user-facing message saying what was found and what is accepted.
-* ``check_quality(...)`` raises :class:`UnusableAudioError` (an :class:`ser.audio.AudioError`, so
+* ``check_quality(...)`` raises :class:`UnusableAudioError` (an :class:`ser.audio.loader.AudioError`, so
   existing ``except AudioError`` edges already turn it into a user message) carrying the report.
 * ``decide(probabilities, threshold) -> Answer``: the top emotion, flagged ``uncertain`` when its
   probability is below the threshold (``confidence >= threshold`` is certain: the boundary counts
@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from .audio import TARGET_SAMPLE_RATE, AudioError, resample
+from ser.audio.loader import TARGET_SAMPLE_RATE, AudioError, resample
 
 logger = logging.getLogger(__name__)
 
@@ -319,7 +319,7 @@ def assess_quality(
     config: QualityConfig | None = None,
     detector: SpeechDetector | None = None,
 ) -> QualityReport:
-    """Measure a mono float waveform (as :func:`ser.audio.load_audio` returns) against ``config``."""
+    """Measure a mono float waveform (as :func:`ser.audio.loader.load_audio` returns) against ``config``."""
     config = config or QualityConfig()
     waveform = np.asarray(waveform, dtype=np.float32)
     duration_s = len(waveform) / sample_rate

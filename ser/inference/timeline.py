@@ -3,8 +3,8 @@
 Two streaming passes keep memory bounded whatever the length (a 30-minute file never sits in
 memory at once):
 
-1. decode block by block (:func:`ser.audio.iter_audio_blocks`) into the Silero VAD
-   (:class:`ser.quality.VadStream`), keeping only per-frame speech probabilities (one float per
+1. decode block by block (:func:`ser.audio.loader.iter_audio_blocks`) into the Silero VAD
+   (:class:`ser.inference.quality.VadStream`), keeping only per-frame speech probabilities (one float per
    32 ms) and the level / clipping sums the quality gate needs;
 2. turn the probabilities into segments (pauses shorter than ``merge_gap_s`` do not split; no
    segment longer than ``max_segment_s``; shorter than ``min_segment_s`` dropped), decode again
@@ -18,7 +18,7 @@ recording's own statistics instead of the training set's (``TimelineConfig.adapt
 ``Timeline.adapted`` and each segment's ``adapted`` say whether it was done).
 
 The recording as a whole goes through the same gate as single clips (except the duration
-limit): a silent, speechless or clipped recording raises :class:`ser.quality.UnusableAudioError`.
+limit): a silent, speechless or clipped recording raises :class:`ser.inference.quality.UnusableAudioError`.
 """
 
 from __future__ import annotations
@@ -33,9 +33,15 @@ from pathlib import Path
 import numpy as np
 import soundfile
 
-from .adaptation import MIN_ADAPTATION_CLIPS
-from .audio import DEFAULT_BLOCK_S, EmptyAudioError, iter_audio_blocks, resample
-from .quality import (
+from ser.audio.loader import (
+    DEFAULT_BLOCK_S,
+    EmptyAudioError,
+    iter_audio_blocks,
+    resample,
+)
+from ser.core.statistics import EmbeddingStatistics
+from ser.inference.adaptation import MIN_ADAPTATION_CLIPS
+from ser.inference.quality import (
     DEFAULT_CONFIDENCE_THRESHOLD,
     QualityConfig,
     QualityReport,
@@ -46,7 +52,6 @@ from .quality import (
     get_speech_detector,
     level_dbfs,
 )
-from .statistics import EmbeddingStatistics
 
 logger = logging.getLogger(__name__)
 
@@ -305,7 +310,7 @@ def timeline_for_waveform(
     detector: SpeechDetector | None = None,
 ) -> Timeline:
     """Emotion timeline of a mono float waveform already in memory, as the loader gives it
-    (:func:`ser.audio.prepare_waveform`: DC offset removed; raw samples should go through it first)."""
+    (:func:`ser.audio.loader.prepare_waveform`: DC offset removed; raw samples should go through it first)."""
     config = config or TimelineConfig()
     waveform = np.asarray(waveform, dtype=np.float32)
 

@@ -6,9 +6,15 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
-from transformers import AutoConfig, PretrainedConfig, Wav2Vec2Config, Wav2Vec2FeatureExtractor
+from transformers import (
+    AutoConfig,
+    PretrainedConfig,
+    Wav2Vec2Config,
+    Wav2Vec2FeatureExtractor,
+)
 
-from ..audio import TARGET_SAMPLE_RATE
+from ser.audio.loader import TARGET_SAMPLE_RATE
+
 from .emotion_cnn import EmotionCnnConfig
 
 PRESETS: dict[str, Callable[[], PretrainedConfig]] = {

@@ -271,7 +271,11 @@ def import_whisper(
     """Write a transformers Whisper folder from ``model_dir`` (a faster-whisper folder with ``model.bin``)
     or, when it is ``None``, from the weight ``packages``. Returns ``output_dir``."""
     import torch
-    from transformers import WhisperConfig, WhisperFeatureExtractor, WhisperForConditionalGeneration
+    from transformers import (
+        WhisperConfig,
+        WhisperFeatureExtractor,
+        WhisperForConditionalGeneration,
+    )
 
     if model_dir is not None:
         source_dir = Path(model_dir)

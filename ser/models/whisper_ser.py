@@ -10,7 +10,7 @@ Whisper's log-mel inside ``forward`` (one graph for ONNX, no second feature pipe
 Head: for each chosen hidden state, the mean and standard deviation over the speech frames (the
 utterance embedding, ``(batch, layers, 2 * d_model)``), standardised with statistics that can be
 swapped (the training set's by default; a speaker's or a corpus's own for adaptation, see
-``ser.statistics``), a learned softmax-weighted sum over the layers, and a small classifier.
+``ser.core.statistics``), a learned softmax-weighted sum over the layers, and a small classifier.
 Only the blocks up to the deepest chosen layer are kept, so unused blocks cost nothing.
 """
 

@@ -1,6 +1,6 @@
 """"Calibrate to my voice": a visitor's own standardisation statistics, from their recent clips.
 
-A :class:`Calibration` holds only :class:`ser.statistics.EmbeddingStatistics` (mean, sum of
+A :class:`Calibration` holds only :class:`ser.core.statistics.EmbeddingStatistics` (mean, sum of
 squares, count) of the utterance embeddings of the visitor's last clips, never audio or per-clip
 data. It is immutable: each answered clip returns a new one, which the app keeps in that browser
 session's ``gr.State`` (server memory, per session, never written to disk) or an API client sends
@@ -18,8 +18,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .adaptation import MIN_ADAPTATION_CLIPS, AdaptationUnsupportedError
-from .statistics import EmbeddingStatistics
+from ser.core.statistics import EmbeddingStatistics
+from ser.inference.adaptation import MIN_ADAPTATION_CLIPS, AdaptationUnsupportedError
 
 #: The most clips a calibration counts; older ones fade out.
 CALIBRATION_CAPACITY = 30

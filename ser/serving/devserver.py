@@ -15,7 +15,7 @@ from pathlib import Path
 
 import requests
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 #: Generous: importing torch + gradio on a busy 2-core machine takes ~10-20 s. Not a speed check.
 DEFAULT_STARTUP_TIMEOUT_S = 300.0
 

@@ -27,7 +27,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 logger = logging.getLogger(__name__)
@@ -178,7 +184,7 @@ class AppMetrics:
 class Readiness:
     """What ``GET /health`` reports: 503 until the model is loaded and warmed up, then 200.
 
-    With a backend choice (:meth:`ser.backends.BackendChoice.to_dict`) the body also says why that
+    With a backend choice (:meth:`ser.inference.backends.BackendChoice.to_dict`) the body also says why that
     backend serves: ``backend_reason``, ``backend_automatic``, ``hardware`` (CPU model, PyTorch's
     kernel level, bf16 / VNNI / AMX, the GPU), ``backend_timings_ms`` (the candidates timed on the
     warm-up clip) and ``backend_excluded`` (the ones left out, and why).

@@ -1,0 +1,168 @@
+"""Publish this repository as a Hugging Face Space (Gradio SDK), or list what would be published.
+
+    python -m scripts.deploy_space --repo_id USER/SPACE --dry_run      # offline: every file, its size, LFS or not
+    HF_TOKEN=hf_... python -m scripts.deploy_space --repo_id USER/SPACE # create the Space (if new) and upload
+
+The upload is the app and what it imports (``app.py``, ``ser/``), the bundled model, the example
+clips, the requirements, ``packages.txt`` (ffmpeg), ``README.md`` (the Space's front matter) and
+``.gitattributes``; never tests, runs, caches, exported ONNX graphs, evaluations or benchmarks. The
+dry run selects files exactly as the upload does (``huggingface_hub``'s own pattern filter) and reads
+``.gitattributes`` for the files that go through LFS. It fails when a file that is not LFS is over
+the Hub's 10 MB limit for plain files, so the upload would be refused.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+logger = logging.getLogger("deploy_space")
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+#: The Hub refuses plain (non-LFS) files larger than this.
+MAX_PLAIN_FILE_BYTES = 10 * 1024 * 1024
+
+#: What the Space runs: the app, the package, the bundled model, the example clips, the requirements.
+ALLOW_PATTERNS = [
+    "app.py",
+    "README.md",
+    "model_card.md",
+    "requirements.txt",
+    "packages.txt",
+    ".gitattributes",
+    "ser/*.py",
+    "models/ser-ravdess/*",
+    "examples/*.flac",
+    "examples/*.wav",
+]
+#: Never uploaded, even under an allowed folder (fnmatch's ``*`` also crosses ``/``).
+IGNORE_PATTERNS = [
+    "*/__pycache__/*",
+    "*.pyc",
+    "tests/*",
+    "runs/*",
+    "eval/*",
+    "*/onnx/*",
+    "models/*/eval/*",
+    "models/*/cv/*",
+    ".venv/*",
+    "*.egg-info/*",
+]
+
+
+@dataclass
+class DeployArguments:
+    repo_id: str = field(metadata={"help": "The Space, as USER/NAME or ORG/NAME."})
+    dry_run: bool = field(default=False, metadata={"help": "List every file that would be uploaded (size, LFS or not) and stop; needs no network."})
+    private: bool = field(default=False, metadata={"help": "Create the Space as private (only when it does not exist yet)."})
+    token: str | None = field(default=None, metadata={"help": "Hub token with write access (default: $HF_TOKEN, else the one `huggingface-cli login` saved)."})
+    commit_message: str = field(default="Deploy from scripts/deploy_space.py", metadata={"help": "Commit message on the Space."})
+
+
+@dataclass(frozen=True)
+class PlannedFile:
+    path: str  # relative to the repository root, as in the Space
+    size_bytes: int
+    lfs: bool
+
+
+def lfs_patterns(gitattributes: Path) -> list[str]:
+    """The patterns that ``.gitattributes`` sends through LFS (``filter=lfs``)."""
+    if not gitattributes.is_file():
+        return []
+    patterns = []
+    for line in gitattributes.read_text().splitlines():
+        fields = line.split()
+        if fields and not fields[0].startswith("#") and "filter=lfs" in fields[1:]:
+            patterns.append(fields[0])
+    return patterns
+
+
+def is_lfs(path: str, patterns: list[str]) -> bool:
+    """Git's rule for a pattern without a slash: it matches the file name at any depth."""
+    name = path.rsplit("/", 1)[-1]
+    return any(fnmatch.fnmatch(name if "/" not in pattern else path, pattern.lstrip("/")) for pattern in patterns)
+
+
+def plan_upload(root: Path = REPO_ROOT) -> list[PlannedFile]:
+    """The files ``upload_folder`` would send, selected by huggingface_hub's own filter."""
+    from huggingface_hub.utils import DEFAULT_IGNORE_PATTERNS, filter_repo_objects
+
+    files = {path.relative_to(root).as_posix(): path for path in sorted(root.glob("**/*")) if path.is_file()}
+    selected = filter_repo_objects(files, allow_patterns=ALLOW_PATTERNS, ignore_patterns=IGNORE_PATTERNS + DEFAULT_IGNORE_PATTERNS)
+    patterns = lfs_patterns(root / ".gitattributes")
+    return [PlannedFile(path, files[path].stat().st_size, is_lfs(path, patterns)) for path in selected]
+
+
+def problems_of(plan: list[PlannedFile]) -> list[str]:
+    """What would make the upload fail or the Space not start."""
+    problems = [
+        f"{item.path} is {item.size_bytes / 1e6:.1f} MB and not LFS: add its pattern to .gitattributes (the Hub refuses plain files over 10 MB)."
+        for item in plan
+        if not item.lfs and item.size_bytes > MAX_PLAIN_FILE_BYTES
+    ]
+    paths = {item.path for item in plan}
+    for needed in ("app.py", "README.md", "requirements.txt", "packages.txt", "models/ser-ravdess/model.safetensors"):
+        if needed not in paths:
+            problems.append(f"{needed} is missing from the upload: the Space needs it.")
+    return problems
+
+
+def format_plan(plan: list[PlannedFile]) -> str:
+    width = max((len(item.path) for item in plan), default=4)
+    lines = [f"{'file'.ljust(width)}  {'bytes':>12}  storage"]
+    lines += [f"{item.path.ljust(width)}  {item.size_bytes:>12,}  {'LFS' if item.lfs else 'plain'}" for item in plan]
+    lfs_bytes = sum(item.size_bytes for item in plan if item.lfs)
+    total = sum(item.size_bytes for item in plan)
+    lines.append(
+        f"{len(plan)} files, {total / 1e6:.1f} MB ({sum(item.lfs for item in plan)} through LFS: {lfs_bytes / 1e6:.1f} MB; "
+        f"{sum(not item.lfs for item in plan)} plain: {(total - lfs_bytes) / 1e6:.1f} MB)"
+    )
+    return "\n".join(lines)
+
+
+def deploy(args: DeployArguments, root: Path = REPO_ROOT) -> str:
+    """Create the Space if needed and upload the planned files; returns the Space's URL."""
+    from huggingface_hub import HfApi
+
+    api = HfApi(token=args.token or os.environ.get("HF_TOKEN") or None)
+    url = api.create_repo(args.repo_id, repo_type="space", space_sdk="gradio", private=args.private, exist_ok=True)
+    api.upload_folder(
+        repo_id=args.repo_id,
+        repo_type="space",
+        folder_path=root,
+        allow_patterns=ALLOW_PATTERNS,
+        ignore_patterns=IGNORE_PATTERNS,
+        commit_message=args.commit_message,
+    )
+    return str(url)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from transformers import HfArgumentParser
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    (args,) = HfArgumentParser(DeployArguments).parse_args_into_dataclasses(args=argv)
+    if args.repo_id.count("/") != 1 or not all(args.repo_id.split("/")):
+        logger.error("--repo_id %r: use USER/NAME (or ORG/NAME).", args.repo_id)
+        return 2
+    plan = plan_upload()
+    print(format_plan(plan))
+    problems = problems_of(plan)
+    for problem in problems:
+        logger.error("%s", problem)
+    if problems:
+        return 1
+    if args.dry_run:
+        print(f"Dry run: nothing was uploaded. Without --dry_run this creates (if new) and updates https://huggingface.co/spaces/{args.repo_id}")
+        return 0
+    print(f"Deployed to {deploy(args)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,143 @@
+"""Uploaded files: reference-counted, deleted as soon as the request that used them has its answer."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from ser.serving.limits import DEFAULT_UPLOAD_TTL_S
+
+logger = logging.getLogger(__name__)
+
+
+# -- uploads -----------------------------------------------------------------------------------
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@dataclass
+class _Pending:
+    uses: int
+    uploaded_at: float
+
+
+class UploadRegistry:
+    """Uploaded files and how many requests may still use each one; deletes them when done.
+
+    ``register`` is called per upload, ``release`` after each answer that used the path. A path
+    that never went through ``/gradio_api/upload`` (the example clips Gradio cached at start) is
+    never deleted, and neither is a copy of one of ``keep_files``: an upload with the same name
+    and bytes as an example clip lands on the example's own cached path (Gradio names upload
+    folders by content hash), which the examples need. ``sweep`` removes registered uploads older
+    than ``ttl_s`` (uploaded, never submitted).
+    """
+
+    def __init__(self, upload_dir: str | Path, ttl_s: float = DEFAULT_UPLOAD_TTL_S, keep_files: Iterable[str | Path] = ()):
+        self.upload_dir = Path(upload_dir).resolve()
+        self.ttl_s = ttl_s
+        self._keep = {(Path(path).name, _sha256(Path(path))) for path in keep_files}
+        self._pending: dict[str, _Pending] = {}
+        self._lock = threading.Lock()
+        self._sweeper: threading.Thread | None = None
+        self.deleted = 0
+
+    def contains(self, path: str | Path) -> bool:
+        """Whether ``path`` resolves to a file inside the upload folder (symlinks and ``..`` resolved)."""
+        try:
+            resolved = Path(path).resolve()
+        except (OSError, ValueError):
+            return False
+        return resolved != self.upload_dir and resolved.is_relative_to(self.upload_dir)
+
+    def register(self, paths: list[str]) -> None:
+        now = time.monotonic()
+        with self._lock:
+            for path in paths:
+                key = str(Path(path).resolve())
+                entry = self._pending.setdefault(key, _Pending(0, now))
+                entry.uses += 1
+                entry.uploaded_at = now
+
+    def release(self, path: str | Path | None) -> bool:
+        """One request that used ``path`` is done; delete the file when no other upload of it is pending."""
+        if not path:
+            return False
+        key = str(Path(path).resolve())
+        with self._lock:
+            entry = self._pending.get(key)
+            if entry is None:
+                return False
+            entry.uses -= 1
+            if entry.uses > 0:
+                return False
+            del self._pending[key]
+        return self._delete(Path(key))
+
+    def pending(self) -> int:
+        with self._lock:
+            return len(self._pending)
+
+    def sweep(self, now: float | None = None) -> int:
+        """Delete registered uploads older than ``ttl_s``; returns how many files went."""
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            expired = [key for key, entry in self._pending.items() if now - entry.uploaded_at > self.ttl_s]
+            for key in expired:
+                del self._pending[key]
+        return sum(self._delete(Path(key)) for key in expired)
+
+    def start_sweeper(self) -> None:
+        if self._sweeper is not None:
+            return
+        interval_s = max(1.0, min(60.0, self.ttl_s / 4))
+
+        def loop() -> None:
+            while True:
+                time.sleep(interval_s)
+                try:
+                    self.sweep()
+                except Exception:  # a failed sweep must not end the thread
+                    logger.exception("Upload sweep failed")
+
+        self._sweeper = threading.Thread(target=loop, name="upload-sweeper", daemon=True)
+        self._sweeper.start()
+
+    def is_kept(self, path: Path) -> bool:
+        if not any(path.name == name for name, _ in self._keep):
+            return False
+        try:
+            return (path.name, _sha256(path)) in self._keep
+        except OSError:
+            return False
+
+    def _delete(self, path: Path) -> bool:
+        if self.is_kept(path):
+            return False
+        removed = False
+        try:
+            path.unlink()
+            removed = True
+        except FileNotFoundError:
+            pass
+        except OSError as error:
+            logger.warning("Could not delete an upload (%s)", error.strerror)
+        # Gradio puts each upload in its own <hash>/ folder: remove it once empty.
+        parent = path.parent
+        if parent != self.upload_dir and parent.is_relative_to(self.upload_dir):
+            try:
+                parent.rmdir()
+            except OSError:
+                pass  # not empty (another file) or already gone
+        if removed:
+            with self._lock:
+                self.deleted += 1
+        return removed
+
+
