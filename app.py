@@ -96,7 +96,7 @@ class AppArguments:
     )
     backend: str | None = field(
         default=None,
-        metadata={"help": "Serving backend: auto, torch (fp32 reference), onnx, onnx-int8, bf16, cuda. Default: $SER_BACKEND, else auto: cuda when a GPU is present, otherwise the fastest CPU backend that agrees with torch, timed on the warm-up clip at load (README: Fast serving)."},
+        metadata={"help": "Serving backend: auto, torch (fp32 reference), onnx, onnx-int8, bf16, cuda. Default: $SER_BACKEND, else auto: cuda when a GPU is present, otherwise the fastest CPU backend that agrees with torch, timed on the warm-up clip at load (docs/backends.md)."},
     )
     host: str = field(
         default_factory=lambda: os.environ.get("GRADIO_SERVER_NAME", DEFAULT_HOST),
@@ -107,7 +107,7 @@ class AppArguments:
         metadata={"help": f"Port to listen on (default: $GRADIO_SERVER_PORT, else {DEFAULT_PORT})."},
     )
     share: bool = field(default=False, metadata={"help": "Also open a public *.gradio.live tunnel."})
-    # Operating limits (README "Operating the Space"): each also settable by the $SER_* variable named in its help.
+    # Operating limits (docs/serving.md, "Operating the Space"): each also settable by the $SER_* variable named in its help.
     max_duration_s: float = field(
         default_factory=env_default("max_duration_s", DEFAULT_MAX_DURATION_S),
         metadata={"help": f"Refuse clips longer than this many seconds ($SER_MAX_DURATION_S; default {DEFAULT_MAX_DURATION_S:g})."},

@@ -38,7 +38,7 @@ class EvaluationArguments:
         default=None, metadata={"help": "Local model folder or hub id; default: $SER_MODEL, else the bundled models/ser-ravdess."}
     )
     backend: str | None = field(
-        default=None, metadata={"help": "Serving backend: auto, torch (fp32 reference), onnx, onnx-int8, bf16, cuda. Default: $SER_BACKEND, else auto: the fastest that agrees with torch on this machine (README: Fast serving)."}
+        default=None, metadata={"help": "Serving backend: auto, torch (fp32 reference), onnx, onnx-int8, bf16, cuda. Default: $SER_BACKEND, else auto: the fastest that agrees with torch on this machine (docs/backends.md)."}
     )
     label_map: str | None = field(
         default=None, metadata={"help": "Extra folder -> label mapping, JSON or 'folder=label,...' (e.g. 'rabbia=angry,gioia=happy')."}

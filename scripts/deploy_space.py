@@ -4,7 +4,7 @@
     HF_TOKEN=hf_... python -m scripts.deploy_space --repo_id USER/SPACE # create the Space (if new) and upload
 
 The upload is the app and what it imports (``app.py``, ``ser/``), the bundled model, the example
-clips, the requirements, ``packages.txt`` (ffmpeg), ``README.md`` (the Space's front matter) and
+clips, the requirements, ``packages.txt`` (ffmpeg), ``README.md`` (the Space's front matter), the ``docs/`` pages it links to and
 ``.gitattributes``; never tests, runs, caches, exported ONNX graphs, evaluations or benchmarks. The
 dry run selects files exactly as the upload does (``huggingface_hub``'s own pattern filter) and reads
 ``.gitattributes`` for the files that go through LFS. It fails when a file that is not LFS is over
@@ -31,6 +31,7 @@ ALLOW_PATTERNS = [
     "app.py",
     "README.md",
     "model_card.md",
+    "docs/*.md",
     "requirements.txt",
     "packages.txt",
     ".gitattributes",

@@ -65,7 +65,7 @@ def test_dry_run_of_this_repository_lists_every_file_offline(capsys):
     rows = {line.split()[0]: line.split()[-1] for line in out.splitlines()[1:-2]}
     assert rows["models/ser-ravdess/model.safetensors"] == "LFS"
     assert rows["app.py"] == "plain" and rows["packages.txt"] == "plain"
-    assert {"ser/predictor.py", "ser/inference/predictor.py", "requirements.txt", "README.md", ".gitattributes"} <= set(rows)
+    assert {"ser/predictor.py", "ser/inference/predictor.py", "requirements.txt", "README.md", ".gitattributes", "docs/architecture.md"} <= set(rows)
     assert not [path for path in rows if path.startswith(("tests/", "runs/", "benchmarks/")) or "__pycache__" in path or "/onnx/" in path]
     assert "Dry run: nothing was uploaded" in out
     # every file of the package the app imports is there

@@ -31,7 +31,7 @@ ADAPT_MODES = ("none", "corpus", "speaker")
 #: The fewest clips whose own statistics replace the training set's (speaker, corpus, recording, a
 #: visitor's calibration). With fewer, the per-feature statistics are too noisy: on held-out RAVDESS
 #: actors a speaker's statistics from k of their clips lose to the training statistics below k = 10 and
-#: match them at 10 (``python -m scripts.adaptation_curve``; README "Adapting to the speaker").
+#: match them at 10 (``python -m scripts.adaptation_curve``; docs/evaluation.md, "Adapting to the speaker").
 MIN_ADAPTATION_CLIPS = 10
 
 #: Why a clip got the corpus statistics instead of its speaker's (``speaker`` mode).

@@ -36,7 +36,7 @@ AUTO_LOSSY_ENV_VAR = "SER_AUTO_LOSSY"
 LOSSY_BACKENDS = ("bf16", "onnx-int8")
 #: Why the lossy backends are left out by default: one warm-up clip cannot show a real-clip top-1
 #: agreement of 99.5 %, and on random-weight wav2vec2-base (near-ties) neither reaches it
-#: (benchmarks/serving.py, 100 RAVDESS clips: bf16 99.0 %, onnx-int8 99.0 %; README: Fast serving).
+#: (benchmarks/serving.py, 100 RAVDESS clips: bf16 99.0 %, onnx-int8 99.0 %; docs/backends.md).
 LOSSY_OPT_IN_REASON = (
     f"lossy: timed only when allowed in ${AUTO_LOSSY_ENV_VAR} (its real-clip top-1 agreement depends on the model: "
     "99.0 % on random-weight wav2vec2-base, below the 99.5 % rule)"

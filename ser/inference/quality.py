@@ -32,8 +32,8 @@ logger = logging.getLogger(__name__)
 
 #: Top probability below this -> "uncertain". The rule: the highest threshold (0.05 grid) at which
 #: the bundled model still answers at least half of RAVDESS actors 21-24, read from its
-#: accuracy-vs-coverage curve (models/ser-ravdess/eval/*/coverage.csv; README "Audio the model can
-#: trust"). tests/test_bundled_model.py re-derives it, so a retrained model cannot leave it stale.
+#: accuracy-vs-coverage curve (models/ser-ravdess/eval/*/coverage.csv; docs/evaluation.md, "Audio the model
+#: can trust"). tests/test_bundled_model.py re-derives it, so a retrained model cannot leave it stale.
 DEFAULT_CONFIDENCE_THRESHOLD = 0.95
 MIN_ANSWERED_FRACTION = 0.5
 

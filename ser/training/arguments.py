@@ -104,7 +104,7 @@ class DataArguments:
     )
     embedding_cache_dir: str | None = field(
         default=None,
-        metadata={"help": "Where frozen-encoder embeddings are cached (default: $SER_CACHE_DIR/embeddings, else ~/.cache/ser/inference/embeddings)."},
+        metadata={"help": "Where frozen-encoder embeddings are cached (default: $SER_CACHE_DIR/embeddings, else ~/.cache/ser/embeddings)."},
     )
     standardize_per_speaker: bool = field(
         default=False,
