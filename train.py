@@ -38,6 +38,8 @@ logger = logging.getLogger("train")
 
 #: Frozen-encoder models also score the test split with each test speaker's own statistics, here.
 SPEAKER_ADAPTED_METRICS = "metrics_speaker_adapted.json"
+#: ... and with each test corpus's own statistics (what evaluate_crosslingual.py --adapt corpus scores).
+CORPUS_ADAPTED_METRICS = "metrics_corpus_adapted.json"
 
 # -- outputs --------------------------------------------------------------------------------------
 def _write_json(path: Path, payload: dict) -> None:
@@ -53,7 +55,7 @@ def run(data_args: DataArguments, model_args: ModelArguments, training_args, com
     from ser.core.metrics import classification_metrics
     from ser.training.card import format_model_card
     from ser.training.datasets import AudioCollator, ClipDataset, collate_embeddings, load_clips
-    from ser.training.trainer import SerTrainer, class_weights, make_compute_metrics, sample_weights
+    from ser.training.trainer import SerTrainer, allowed_classes, class_weights, corpus_class_weights, make_compute_metrics, sample_weights
 
     is_main = training_args.process_index == 0
     output_dir = Path(training_args.output_dir)
@@ -98,6 +100,16 @@ def run(data_args: DataArguments, model_args: ModelArguments, training_args, com
 
     label2id = label_maps(labels)[1]
 
+    def training_extras(clips: list[Clip]) -> dict:
+        """Per-clip loss weights (--class_balance corpus_class) and allowed classes (--mask_absent_classes)."""
+        label_ids, corpora = [label2id[clip.label] for clip in clips], [clip.corpus for clip in clips]
+        extras = {}
+        if data_args.class_balance == "corpus_class":
+            extras["loss_weights"] = corpus_class_weights(label_ids, corpora)
+        if data_args.mask_absent_classes:
+            extras["allowed_classes"] = allowed_classes(label_ids, corpora, len(labels))
+        return extras
+
     def dataset(clips: list[Clip], train: bool) -> ClipDataset:
         return ClipDataset(
             [waveform_of[clip.path] for clip in clips],
@@ -106,19 +118,26 @@ def run(data_args: DataArguments, model_args: ModelArguments, training_args, com
             max_duration_s=data_args.max_duration_s if train else data_args.eval_max_duration_s,
             train=train,
             augment=data_args.augment_config() if train else None,
+            **(training_extras(clips) if train else {}),
         )
 
+    if data_args.mask_absent_classes and training_args.label_smoothing_factor > 0:
+        raise TrainSetupError("--label_smoothing_factor puts mass on every class, masked ones too: drop it or --mask_absent_classes.")
+    if data_args.standardize_per_corpus and frozen_embedding_model(model) is None:
+        raise TrainSetupError("--standardize_per_corpus needs a frozen Whisper encoder (--trainable_encoder_layers 0).")
     embedding_model = frozen_embedding_model(model)
+    adapted_test_datasets = {}
     if embedding_model is not None:
         # A frozen encoder: embed every clip once (cached on disk), train only the head.
-        train_dataset, eval_dataset, test_dataset, adapted_test_dataset = embedding_datasets(
-            embedding_model, feature_extractor, data_args, split, waveform_of, label2id
-        )
+        datasets = embedding_datasets(embedding_model, feature_extractor, data_args, split, waveform_of, label2id, training_extras)
+        train_dataset, eval_dataset, test_dataset = datasets["train"], datasets["eval"], datasets["test"]
+        adapted_test_datasets = {"speaker": datasets["test_speaker_adapted"], "corpus": datasets["test_corpus_adapted"]}
         data_collator = collate_embeddings
     else:
+        if model_args.head_solver != "trainer":
+            raise TrainSetupError("--head_solver lbfgs needs a frozen Whisper encoder (--trainable_encoder_layers 0).")
         train_dataset, test_dataset = dataset(split.train, True), dataset(split.test, False)
         eval_dataset = dataset(split.eval, False) if split.eval else None
-        adapted_test_dataset = None
         data_collator = AudioCollator(feature_extractor)
         if hasattr(model, "embedding_mean"):
             set_training_statistics(model, feature_extractor, [waveform_of[clip.path] for clip in split.train])
@@ -154,39 +173,70 @@ def run(data_args: DataArguments, model_args: ModelArguments, training_args, com
         eval_dataset=eval_dataset,
         processing_class=feature_extractor,
         compute_metrics=make_compute_metrics(labels),
-        class_weights=class_weights(train_label_ids, len(labels)) if data_args.class_balance == "weighted_loss" else None,
+        class_weights=class_weights(train_label_ids, len(labels)) if data_args.class_balance == "weighted_loss" and model_args.head_solver == "trainer" else None,
         sample_weights=sample_weights(train_label_ids) if data_args.class_balance == "sampler" else None,
         mixup_alpha=data_args.mixup_alpha,
     )
-    train_result = trainer.train(resume_from_checkpoint=resume)
-    trainer.save_model()
-    trainer.log_metrics("train", train_result.metrics)
-    trainer.save_metrics("train", train_result.metrics)
-    trainer.save_state()
+    if model_args.head_solver == "lbfgs":
+        from ser.training.linear_head import fit_linear_head
+
+        if data_args.class_balance == "sampler":
+            raise TrainSetupError("--head_solver lbfgs fits on every clip at once: use --class_balance weighted_loss, corpus_class or none.")
+        if data_args.class_balance == "weighted_loss":
+            weights = class_weights(train_label_ids, len(labels)).numpy()
+            train_dataset.extras["loss_weight"] = torch.from_numpy(weights[np.asarray(train_label_ids)]).float()
+        try:
+            fit_linear_head(model, train_dataset, model_args.l2_C)
+        except ValueError as error:
+            raise TrainSetupError(str(error)) from error
+        model.eval()
+        trainer.save_model()
+    else:
+        train_result = trainer.train(resume_from_checkpoint=resume)
+        trainer.save_model()
+        trainer.log_metrics("train", train_result.metrics)
+        trainer.save_metrics("train", train_result.metrics)
+        trainer.save_state()
 
     prediction = trainer.predict(test_dataset, metric_key_prefix="test")
     trainer.log_metrics("test", prediction.metrics)
     if not trainer.is_world_process_zero():
         return None
+    test_corpora = [clip.corpus for clip in split.test]
+
     def test_metrics(prediction, **extra) -> dict:
         logits = prediction.predictions[0] if isinstance(prediction.predictions, tuple) else prediction.predictions
         y_pred = [labels[index] for index in np.argmax(logits, axis=-1)]
         y_true = [labels[index] for index in prediction.label_ids]
-        return classification_metrics(y_true, y_pred, labels) | {
+        result = classification_metrics(y_true, y_pred, labels) | {
             "split": "test",
             "speakers": split_summary["test"]["speakers"],
             "model": model_args.from_scratch and f"from_scratch:{model_args.from_scratch}" or model_args.model_name_or_path,
             **extra,
         }
+        if len(set(test_corpora)) > 1:
+            # Each test corpus alone as well (a held-out corpus beside held-out speakers of another).
+            result["per_corpus"] = {
+                corpus: {
+                    name: value
+                    for name, value in classification_metrics(
+                        [true for true, of in zip(y_true, test_corpora) if of == corpus], [pred for pred, of in zip(y_pred, test_corpora) if of == corpus], labels
+                    ).items()
+                    if name in ("accuracy", "macro_f1", "uar", "n")
+                }
+                for corpus in sorted(set(test_corpora), key=str)
+            }
+        return result
 
     metrics = test_metrics(prediction)
     _write_json(output_dir / "metrics.json", metrics)
-    if adapted_test_dataset is not None:
-        adapted = test_metrics(trainer.predict(adapted_test_dataset, metric_key_prefix="test_speaker_adapted"), adapt="speaker")
-        _write_json(output_dir / SPEAKER_ADAPTED_METRICS, adapted)
-        logger.info("Test split, each speaker's own statistics: accuracy %.3f -> %s", adapted["accuracy"], output_dir / SPEAKER_ADAPTED_METRICS)
+    for adapt, adapted_dataset in adapted_test_datasets.items():
+        file_name = SPEAKER_ADAPTED_METRICS if adapt == "speaker" else CORPUS_ADAPTED_METRICS
+        adapted = test_metrics(trainer.predict(adapted_dataset, metric_key_prefix=f"test_{adapt}_adapted"), adapt=adapt)
+        _write_json(output_dir / file_name, adapted)
+        logger.info("Test split, each %s's own statistics: accuracy %.3f -> %s", adapt, adapted["accuracy"], output_dir / file_name)
     trainer.model_card = format_model_card(
-        metrics["model"], labels, metrics, split_summary, str(data_args.data_dir), command
+        metrics["model"], labels, metrics, split_summary, " ".join(data_args.data_dirs()), command
     )
     (output_dir / "README.md").write_text(trainer.model_card)
     logger.info("Test split: accuracy %.3f, macro-F1 %.3f, UAR %.3f (%d clips) -> %s", metrics["accuracy"], metrics["macro_f1"], metrics["uar"], metrics["n"], output_dir / "metrics.json")

@@ -7,8 +7,17 @@ files are pooled into ``cv.json``. Extra train.py flags after ``--`` apply to ev
     python -m scripts.cross_validate configs/bundled_model.json --output_dir runs/cv/baseline \\
         -- --config_overrides ensemble_size=1
 
-Defaults are the bundled model's protocol: RAVDESS actors 1-20 in five folds of four actors, with
+Defaults are the RAVDESS-only protocol: RAVDESS actors 1-20 in five folds of four actors, with
 actors 21-24 (its test set) never used.
+
+Leave-one-corpus-out (``--folds loco:ravdess,emodb,nemo``): each fold holds out one whole training
+corpus (train.py ``--test_corpora``) and trains on the others, so the score says how the recipe does on a
+corpus, language and recording setup it has never heard. The selection score is the mean single-clip
+accuracy over the held-out corpora (``mean_accuracy`` in cv.json); ``--metrics_file
+metrics_corpus_adapted.json`` pools the same folds scored with each held-out corpus's own statistics.
+
+    python -m scripts.cross_validate configs/multicorpus_model.json --output_dir runs/cv/loco \
+        --folds loco:ravdess,emodb,nemo --exclude_speakers ravdess:21,ravdess:22,ravdess:23,ravdess:24
 """
 
 from __future__ import annotations
@@ -31,6 +40,21 @@ DEFAULT_FOLDS = "1-4;5-8;9-12;13-16;17-20"
 DEFAULT_EXCLUDED = "21,22,23,24"
 
 
+#: ``--folds loco:a,b,c``: one fold per named corpus, held out whole.
+LOCO_PREFIX = "loco:"
+
+
+def parse_corpus_folds(spec: str) -> list[str] | None:
+    """``"loco:ravdess,emodb,nemo"`` -> ``["ravdess", "emodb", "nemo"]`` (one held-out corpus per fold);
+    ``None`` for speaker folds."""
+    if not spec.startswith(LOCO_PREFIX):
+        return None
+    corpora = [name.strip().lower() for name in spec[len(LOCO_PREFIX) :].split(",") if name.strip()]
+    if not corpora or len(set(corpora)) != len(corpora):
+        raise ValueError(f"leave-one-corpus-out needs one or more different corpora, got {spec!r}")
+    return corpora
+
+
 def parse_folds(spec: str) -> list[list[str]]:
     """``"1-4;5,7"`` -> ``[["1", "2", "3", "4"], ["5", "7"]]``: folds split by ``;``, ranges inclusive."""
     folds = []
@@ -50,8 +74,11 @@ def parse_folds(spec: str) -> list[list[str]]:
     return folds
 
 
-def fold_command(config: str, speakers: list[str], excluded: str, output_dir: Path, extra: list[str]) -> list[str]:
-    command = [sys.executable, str(REPO_ROOT / "train.py"), config, "--test_speakers", ",".join(speakers)]
+def fold_command(config: str, speakers: list[str], excluded: str, output_dir: Path, extra: list[str], corpus: str | None = None) -> list[str]:
+    """train.py for one fold: ``speakers`` held out as its test split, or the whole ``corpus``."""
+    # A held-out corpus is the whole test split: a test speaker list from the config is dropped.
+    held_out = ["--test_corpora", corpus, "--test_speakers", ""] if corpus else ["--test_speakers", ",".join(speakers)]
+    command = [sys.executable, str(REPO_ROOT / "train.py"), config, *held_out]
     if excluded:
         command += ["--exclude_speakers", excluded]
     # Folds keep no checkpoints: only their metrics matter.
@@ -72,14 +99,21 @@ RECIPE_TRAINING_KEYS = (
     "num_train_epochs", "max_steps", "learning_rate", "weight_decay", "lr_scheduler_type", "warmup_steps",
     "per_device_train_batch_size", "gradient_accumulation_steps", "seed", "label_smoothing_factor",
 )  # fmt: skip
-_NOT_RECIPE_DATA_KEYS = {"data_dir", "test_speakers", "eval_speakers", "exclude_speakers", "test_fraction", "eval_fraction", "split_seed", "max_eval_samples"}
+_NOT_RECIPE_DATA_KEYS = {
+    "data_dir", "test_speakers", "eval_speakers", "exclude_speakers", "test_fraction", "eval_fraction", "split_seed", "max_eval_samples",
+    "test_corpora", "embedding_cache_dir",
+}  # fmt: skip
+#: train.py model flags that are part of a recipe (how the head is fitted).
+RECIPE_MODEL_KEYS = ("head_solver", "l2_C")
 
 
 def recipe_arguments(train_config: dict) -> dict:
-    """A train_config.json (as loaded) reduced to the recipe: data and augmentation flags, optimiser, epochs."""
+    """A train_config.json (as loaded) reduced to the recipe: data and augmentation flags, the head's
+    solver, optimiser, epochs."""
     data = {key: value for key, value in train_config["data"].items() if key not in _NOT_RECIPE_DATA_KEYS}
+    model = {key: train_config.get("model", {})[key] for key in RECIPE_MODEL_KEYS if key in train_config.get("model", {})}
     training = {key: train_config["training"][key] for key in RECIPE_TRAINING_KEYS if key in train_config["training"]}
-    return data | training
+    return data | model | training
 
 
 def recipe_defaults() -> dict:
@@ -88,12 +122,12 @@ def recipe_defaults() -> dict:
 
     from transformers import TrainingArguments
 
-    from ser.training.arguments import DataArguments
+    from ser.training.arguments import DataArguments, ModelArguments
 
     def defaults(arguments_class) -> dict:
         return {field.name: field.default for field in fields(arguments_class) if field.default is not MISSING}
 
-    return recipe_arguments({"data": defaults(DataArguments), "training": defaults(TrainingArguments)})
+    return recipe_arguments({"data": defaults(DataArguments), "model": defaults(ModelArguments), "training": defaults(TrainingArguments)})
 
 
 def model_config_defaults(model_type: str | None) -> dict:
@@ -121,6 +155,7 @@ def pool_folds(fold_metrics: list[dict]) -> dict:
         "n": total,
         "folds": [
             {"speakers": metrics["speakers"], "accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"], "n": metrics["n"]}
+            | ({"held_out_corpus": metrics["held_out_corpus"]} if "held_out_corpus" in metrics else {})
             for metrics in fold_metrics
         ],
     }
@@ -135,7 +170,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("config", help="train.py JSON config (its data_dir and recipe are used; its test split is replaced per fold).")
     parser.add_argument("--output_dir", required=True, help="One sub-folder per fold, plus cv.json.")
-    parser.add_argument("--folds", default=DEFAULT_FOLDS, help="Speaker folds separated by ';', e.g. '1-4;5-8'.")
+    parser.add_argument(
+        "--folds",
+        default=DEFAULT_FOLDS,
+        help="Speaker folds separated by ';', e.g. '1-4;5-8'; or 'loco:ravdess,emodb,nemo': one fold per corpus, held out whole (leave-one-corpus-out).",
+    )
     parser.add_argument("--exclude_speakers", default=DEFAULT_EXCLUDED, help="Speakers no fold trains or tests on ('' for none).")
     parser.add_argument("--jobs", type=int, default=1, help="Folds trained at once; the CPU threads are shared between them.")
     parser.add_argument("--pool_only", action="store_true", help="Do not train: pool the folds already in --output_dir again.")
@@ -147,16 +186,23 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S", level=logging.INFO)
 
-    folds = parse_folds(args.folds)
+    held_out_corpora = parse_corpus_folds(args.folds)
+    folds = [[] for _ in held_out_corpora] if held_out_corpora else parse_folds(args.folds)
     output_dir = Path(args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    environment = dict(os.environ, OMP_NUM_THREADS=str(max(1, (os.cpu_count() or 1) // max(1, args.jobs))))
+    threads = os.environ.get("OMP_NUM_THREADS") or str(max(1, (os.cpu_count() or 1) // max(1, args.jobs)))
+    environment = dict(os.environ, OMP_NUM_THREADS=threads)
 
     def run_fold(index: int) -> dict:
+        metrics = train_fold(index)
+        return metrics | ({"held_out_corpus": held_out_corpora[index]} if held_out_corpora else {})
+
+    def train_fold(index: int) -> dict:
         fold_dir = output_dir / f"fold_{index}"
         if args.pool_only:
             return json.loads((fold_dir / args.metrics_file).read_text())
-        command = fold_command(args.config, folds[index], args.exclude_speakers, fold_dir, extra)
+        corpus = held_out_corpora[index] if held_out_corpora else None
+        command = fold_command(args.config, folds[index], args.exclude_speakers, fold_dir, extra, corpus)
         logger.info("fold %d: %s", index, " ".join(command))
         fold_dir.mkdir(parents=True, exist_ok=True)
         with open(fold_dir / "train.log", "w") as log:
@@ -164,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
         if result.returncode != 0:
             raise RuntimeError(f"fold {index} failed (exit {result.returncode}); see {fold_dir / 'train.log'}")
         metrics = json.loads((fold_dir / args.metrics_file).read_text())
-        logger.info("fold %d (%s): accuracy %.3f", index, ",".join(folds[index]), metrics["accuracy"])
+        logger.info("fold %d (%s): accuracy %.3f", index, corpus or ",".join(folds[index]), metrics["accuracy"])
         return metrics
 
     with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
@@ -179,6 +225,7 @@ def main(argv: list[str] | None = None) -> int:
         "config": args.config,
         "extra_arguments": extra,
         "excluded_speakers": args.exclude_speakers,
+        "folds_spec": args.folds,
         "model_config": configs[0],
         "recipe": recipes[0],
         "command": " ".join(["python -m scripts.cross_validate", *command_arguments, *(["--", *extra] if extra else [])]),

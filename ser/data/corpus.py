@@ -2,10 +2,14 @@
 
 Two layouts are read, both "one folder per class":
 - Kaggle "Audio Emotions": ``Emotions/{Angry,Disgusted,...}/`` (the folder itself or its parent);
-- AESDD: ``{anger,disgust,fear,happiness,sadness}/`` (EMOVO is shipped here in the same layout).
+- AESDD: ``{anger,disgust,fear,happiness,sadness}/`` (EMOVO, EMO-DB and nEMO are shipped in it too).
 
-Speakers are parsed from the original file names of each corpus, because a speaker-independent
-split and per-speaker scores both need them.
+Speakers are parsed from the original file names of each corpus (RAVDESS, CREMA-D, TESS, SAVEE,
+AESDD, EMOVO, EMO-DB, nEMO), because a speaker-independent split and per-speaker scores both need
+them. A corpus whose names encode no speaker comes in one of two ways: add its pattern to
+:func:`parse_speaker` (one regular expression and one line), or keep one sub-folder per speaker
+inside each class folder and scan with ``speaker_from="parent"`` (train.py ``--speaker_from parent``).
+A clip whose name no pattern knows belongs to the corpus named after its data folder.
 """
 
 from __future__ import annotations
@@ -50,6 +54,10 @@ _SAVEE_PREFIXED = re.compile(r"^(DC|JE|JK|KL)_(a|d|f|h|n|sa|su)\d{2}$", re.IGNOR
 _SAVEE_BARE = re.compile(r"^(a|d|f|h|n|sa|su)\d{2}$", re.IGNORECASE)
 _AESDD = re.compile(r"^[a-z]\d{2}[a-z]?\s*\((\d+)\)", re.IGNORECASE)
 _EMOVO = re.compile(r"^(dis|gio|neu|pau|rab|sor|tri)-([fm]\d)-", re.IGNORECASE)
+# EMO-DB: speaker (2 digits), text code (letter + 2 digits), emotion letter (W, L, E, A, F, T, N), version.
+_EMODB = re.compile(r"^(\d{2})[a-b]\d{2}[WLEAFTN][a-z]?$")
+# nEMO: speaker_emotion_number, e.g. EB0_anger_1.
+_NEMO = re.compile(r"^([A-Z]{2}\d)_(anger|fear|happiness|neutral|sadness|surprised)_\d+$", re.IGNORECASE)
 
 #: SAVEE clips in Audio Emotions carry no speaker: one group, so they never straddle splits.
 SAVEE_GROUP = "savee"
@@ -78,7 +86,24 @@ def parse_speaker(file_name: str) -> Speaker | None:
         return Speaker("aesdd", normalise_speaker_id(match.group(1)))
     if match := _EMOVO.match(stem):
         return Speaker("emovo", match.group(2).lower())
+    if match := _EMODB.match(stem):
+        return Speaker("emodb", normalise_speaker_id(match.group(1)))
+    if match := _NEMO.match(stem):
+        return Speaker("nemo", match.group(1).lower())
     return None
+
+
+#: Where a clip's speaker comes from: its file name (the patterns above) or its parent folder.
+SPEAKER_SOURCES: tuple[str, ...] = ("name", "parent")
+
+
+def corpus_name(data_dir: str | Path) -> str:
+    """The corpus of a data folder's clips when no file-name pattern names it: the folder's own name
+    (its parent's when the folder is ``Emotions/``), lower-cased."""
+    path = Path(data_dir).expanduser().resolve()
+    if path.name.lower() == "emotions":
+        path = path.parent
+    return path.name.lower()
 
 
 @dataclass
@@ -137,12 +162,17 @@ def scan_corpus(
     data_dir: str | Path,
     label_map: Mapping[str, str] | None = None,
     exclude_labels: Iterable[str] = (),
+    speaker_from: str = "name",
 ) -> Corpus:
     """All audio clips under ``data_dir``, labelled by folder, with speakers parsed from names.
 
     Folders that map to no label are listed in ``unknown_folders`` (the caller decides whether
     that is fatal); classes in ``exclude_labels`` are counted in ``excluded_counts``.
+    ``speaker_from="parent"``: the speaker is the folder holding the clip inside its class folder
+    (``angry/spk01/x.wav``), and the corpus is the data folder's name.
     """
+    if speaker_from not in SPEAKER_SOURCES:
+        raise CorpusError(f"speaker_from must be one of {', '.join(SPEAKER_SOURCES)}, got {speaker_from!r}.")
     label_map = {key.lower(): value for key, value in (label_map or {}).items()}
     excluded = {canonical_label(label) or label for label in exclude_labels}
     root = find_class_root(data_dir, label_map)
@@ -160,7 +190,10 @@ def scan_corpus(
             corpus.empty_folders.append(folder.name)
             continue
         for path in files:
-            speaker = parse_speaker(path.name)
+            if speaker_from == "parent":
+                speaker = Speaker(corpus_name(data_dir), normalise_speaker_id(path.parent.name)) if path.parent != folder else None
+            else:
+                speaker = parse_speaker(path.name)
             corpus.clips.append(
                 Clip(
                     path=str(path),

@@ -10,7 +10,8 @@ Whisper's log-mel inside ``forward`` (one graph for ONNX, no second feature pipe
 Head: for each chosen hidden state, the mean and standard deviation over the speech frames (the
 utterance embedding, ``(batch, layers, 2 * d_model)``), standardised with statistics that can be
 swapped (the training set's by default; a speaker's or a corpus's own for adaptation, see
-``ser.core.statistics``), a learned softmax-weighted sum over the layers, and a small classifier.
+``ser.core.statistics``), a learned softmax-weighted sum over the layers (or the layers side by
+side, ``layer_pooling="concat"``), and a small classifier (or one linear layer).
 Only the blocks up to the deepest chosen layer are kept, so unused blocks cost nothing.
 """
 
@@ -41,6 +42,9 @@ ENCODER_CONFIG_KEYS = (
 )
 
 
+#: How the head combines the chosen states: a learned weighted sum, or side by side.
+LAYER_POOLINGS = ("weighted", "concat")
+
 #: Whisper-base's middle blocks: chosen by actor-fold cross-validation (model_card.md).
 DEFAULT_LAYERS = (2, 3, 4)
 
@@ -61,6 +65,7 @@ class WhisperSerConfig(PretrainedConfig):
         trainable_encoder_layers: int = 0,
         encoder_storage_dtype: str = "float16",
         sampling_rate: int = 16_000,
+        layer_pooling: str = "weighted",
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -92,6 +97,11 @@ class WhisperSerConfig(PretrainedConfig):
         # the checkpoint; the model is still built (and runs) in float32.
         self.encoder_storage_dtype = encoder_storage_dtype
         self.sampling_rate = sampling_rate
+        # How the head combines the standardised states: "weighted", a learned softmax-weighted sum
+        # (features = 2 * d_model); "concat", the states side by side (features = layers * 2 * d_model).
+        if layer_pooling not in LAYER_POOLINGS:
+            raise ValueError(f"layer_pooling must be one of {', '.join(LAYER_POOLINGS)}, got {layer_pooling!r}")
+        self.layer_pooling = layer_pooling
 
     @property
     def blocks_used(self) -> int:
@@ -184,20 +194,31 @@ def masked_mean_std(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 class EmbeddingHead(nn.Module):
-    """Standardised per-layer embedding ``(batch, layers, features)`` -> learned layer weights -> logits."""
+    """Standardised per-layer embedding ``(batch, layers, features)`` -> learned layer weights (or the
+    layers concatenated, ``pooling="concat"``) -> logits."""
 
-    def __init__(self, layers: int, features: int, hidden_size: int, num_labels: int, dropout: float):
+    def __init__(self, layers: int, features: int, hidden_size: int, num_labels: int, dropout: float, pooling: str = "weighted"):
         super().__init__()
-        self.layer_logits = nn.Parameter(torch.zeros(layers))
+        self.pooling = pooling
+        if pooling == "weighted":
+            self.layer_logits = nn.Parameter(torch.zeros(layers))
+        else:
+            features = layers * features
         self.dropout = nn.Dropout(dropout)
         if hidden_size:
             self.classifier = nn.Sequential(nn.Linear(features, hidden_size), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden_size, num_labels))
         else:
             self.classifier = nn.Linear(features, num_labels)
 
-    def forward(self, standardised: torch.Tensor) -> torch.Tensor:
+    def pool(self, standardised: torch.Tensor) -> torch.Tensor:
+        """``(batch, layers, features)`` -> the classifier's input."""
+        if self.pooling == "concat":
+            return standardised.flatten(1)
         weights = torch.softmax(self.layer_logits, dim=0)
-        return self.classifier(self.dropout((standardised * weights[None, :, None]).sum(dim=1)))
+        return (standardised * weights[None, :, None]).sum(dim=1)
+
+    def forward(self, standardised: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.dropout(self.pool(standardised)))
 
 
 class WhisperSerForAudioClassification(PreTrainedModel):
@@ -215,7 +236,7 @@ class WhisperSerForAudioClassification(PreTrainedModel):
         self.register_buffer("embedding_mean", torch.zeros(len(config.layers), features))
         self.register_buffer("embedding_var", torch.ones(len(config.layers), features))
         self.heads = nn.ModuleList(
-            EmbeddingHead(len(config.layers), features, config.head_hidden_size, config.num_labels, config.dropout)
+            EmbeddingHead(len(config.layers), features, config.head_hidden_size, config.num_labels, config.dropout, config.layer_pooling)
             for _ in range(config.ensemble_size)
         )
         self.post_init()
@@ -226,7 +247,7 @@ class WhisperSerForAudioClassification(PreTrainedModel):
             nn.init.xavier_uniform_(module.weight)
             if module.bias is not None:
                 nn.init.zeros_(module.bias)
-        elif isinstance(module, EmbeddingHead):
+        elif isinstance(module, EmbeddingHead) and hasattr(module, "layer_logits"):
             nn.init.zeros_(module.layer_logits)
 
     # -- the three steps, each usable alone ------------------------------------------------------

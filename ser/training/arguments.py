@@ -42,9 +42,17 @@ class TrainSetupError(RuntimeError):
 
 @dataclass
 class DataArguments:
-    data_dir: str | None = field(
+    data_dir: list[str] | None = field(
         default=None,
-        metadata={"help": "Corpus with one folder per class: Audio Emotions (Emotions/Angry, ...; the folder itself or its parent) or AESDD (anger, ...). Required."},
+        metadata={"help": "Corpus with one folder per class: Audio Emotions (Emotions/Angry, ...; the folder itself or its parent) or AESDD (anger, ...). Required. Several folders (--data_dir a b c, or a JSON list) train on several corpora at once; every clip keeps its corpus and speaker (docs/training.md)."},
+    )
+    speaker_from: Literal["name", "parent"] = field(
+        default="name",
+        metadata={"help": "Where a clip's speaker comes from: 'name' parses the file name (RAVDESS, CREMA-D, TESS, SAVEE, AESDD, EMOVO, EMO-DB, nEMO); 'parent' takes the folder holding the clip inside its class folder (class/speaker/clip.wav), for a corpus no pattern knows."},
+    )
+    test_corpora: str | None = field(
+        default=None,
+        metadata={"help": "Comma-separated corpora (data folder names, or names parsed from file names: ravdess, emodb, nemo, ...) whose clips all form the test split: a held-out corpus (scripts/cross_validate.py --folds loco)."},
     )
     label_map: str | None = field(
         default=None,
@@ -82,9 +90,13 @@ class DataArguments:
         default=None,
         metadata={"help": "Eval/test clips longer than this are centre-cropped (seconds; default: whole clips)."},
     )
-    class_balance: Literal["none", "weighted_loss", "sampler"] = field(
+    class_balance: Literal["none", "weighted_loss", "sampler", "corpus_class"] = field(
         default="weighted_loss",
-        metadata={"help": "Counter class imbalance: class-weighted cross-entropy, a class-balanced sampler, or nothing."},
+        metadata={"help": "Counter class imbalance: class-weighted cross-entropy, a class-balanced sampler, nothing, or 'corpus_class': per-clip loss weights n / (corpora * classes in the clip's corpus * clips in its (corpus, class) cell), so every corpus weighs the same and every class within it (several --data_dir)."},
+    )
+    mask_absent_classes: bool = field(
+        default=False,
+        metadata={"help": "A clip's loss only sees the classes its corpus has (the others' logits are masked out), so a corpus without a class (nEMO: no disgust) never teaches that the class is unlikely."},
     )
     augment: bool = field(default=True, metadata={"help": "Waveform augmentation of the training split (noise, gain, speed; see below)."})
     noise_prob: float = field(default=0.3, metadata={"help": "Probability of adding white noise to a training clip."})
@@ -110,8 +122,18 @@ class DataArguments:
         default=False,
         metadata={"help": "Frozen Whisper encoders only: train the head on embeddings standardised with each training speaker's own statistics (as adapted prediction uses a speaker's or corpus's), instead of the training set's. The model still stores the training set's statistics for single clips."},
     )
+    standardize_per_corpus: bool = field(
+        default=False,
+        metadata={"help": "Frozen Whisper encoders only: train the head on embeddings standardised with each training corpus's own statistics (as --adapt corpus does at test time). The model still stores the pooled training statistics for single clips."},
+    )
     max_train_samples: int | None = field(default=None, metadata={"help": "Use at most this many training clips (a seeded random subset; for quick runs)."})
     max_eval_samples: int | None = field(default=None, metadata={"help": "Use at most this many eval and test clips each."})
+
+    def data_dirs(self) -> list[str]:
+        """``data_dir`` as a list (one folder, or several)."""
+        if self.data_dir is None:
+            return []
+        return [self.data_dir] if isinstance(self.data_dir, str) else [str(path) for path in self.data_dir]
 
     def augment_config(self) -> AugmentConfig | None:
         if not self.augment:
@@ -152,6 +174,11 @@ class ModelArguments:
         default=False,
         metadata={"help": "Classify from a learned weighted sum of all transformer layers (architectures that support it)."},
     )
+    head_solver: Literal["trainer", "lbfgs"] = field(
+        default="trainer",
+        metadata={"help": "'trainer': the head trains with the Trainer (optimizer, epochs). 'lbfgs': a frozen encoder's linear head (head_hidden_size=0, ensemble_size=1) is fitted full-batch by L-BFGS on the cached embeddings, minimising l2_C * sum of weighted cross-entropies + |W|^2 / 2 (scikit-learn's convention)."},
+    )
+    l2_C: float = field(default=0.002, metadata={"help": "With --head_solver lbfgs: the inverse L2 strength C (smaller = stronger regularisation)."})
     model_revision: str = field(default="main", metadata={"help": "Hub revision (branch, tag or commit) of --model_name_or_path."})
     cache_dir: str | None = field(default=None, metadata={"help": "Where hub downloads are cached."})
 
@@ -223,6 +250,9 @@ def parse_arguments(argv: list[str]):
         data_args, model_args, training_args = parser.parse_dict(values)
     except (ValueError, TypeError) as error:
         parser.error(str(error))
+    # One folder stays a string (the single-corpus recipe and its train_config.json are unchanged).
+    folders = data_args.data_dirs()
+    data_args.data_dir = folders[0] if len(folders) == 1 else folders
     return data_args, model_args, training_args
 
 

@@ -66,9 +66,12 @@ class ClipDataset(Dataset):
         max_duration_s: float | None,
         train: bool,
         augment: AugmentConfig | None = None,
+        loss_weights: Sequence[float] | None = None,
+        allowed_classes: np.ndarray | None = None,
     ):
         if len(waveforms) != len(label_ids):
             raise ValueError(f"{len(waveforms)} waveforms but {len(label_ids)} labels.")
+        self.extras = per_clip_extras(len(label_ids), loss_weights, allowed_classes)
         self.waveforms = list(waveforms)
         self.label_ids = [int(label_id) for label_id in label_ids]
         self.sample_rate = sample_rate
@@ -89,7 +92,7 @@ class ClipDataset(Dataset):
             waveform = random_crop(waveform, self.max_samples, rng)
         else:
             waveform = center_crop(waveform, self.max_samples)
-        return {"input_values": waveform, "labels": self.label_ids[index]}
+        return {"input_values": waveform, "labels": self.label_ids[index]} | {key: values[index] for key, values in self.extras.items()}
 
 
 class AudioCollator:
@@ -109,7 +112,27 @@ class AudioCollator:
         )
         batch = dict(batch)
         batch["labels"] = torch.tensor([feature["labels"] for feature in features], dtype=torch.long)
+        for key in PER_CLIP_EXTRAS:
+            if key in features[0]:
+                batch[key] = torch.stack([feature[key] for feature in features])
         return batch
+
+
+#: Optional per-clip training inputs the loss reads (ser.training.trainer.SerTrainer.compute_loss).
+PER_CLIP_EXTRAS: tuple[str, ...] = ("loss_weight", "allowed_classes")
+
+
+def per_clip_extras(count: int, loss_weights: Sequence[float] | None, allowed_classes: np.ndarray | None) -> dict[str, torch.Tensor]:
+    """Per-clip loss weights and allowed-class masks as tensors, checked against the clip count."""
+    extras: dict[str, torch.Tensor] = {}
+    if loss_weights is not None:
+        extras["loss_weight"] = torch.as_tensor(np.asarray(loss_weights, dtype=np.float32))
+    if allowed_classes is not None:
+        extras["allowed_classes"] = torch.as_tensor(np.asarray(allowed_classes, dtype=bool))
+    for key, values in extras.items():
+        if len(values) != count:
+            raise ValueError(f"{count} clips but {len(values)} {key} rows.")
+    return extras
 
 
 
@@ -117,9 +140,17 @@ class EmbeddingDataset(Dataset):
     """Precomputed utterance embeddings (a frozen encoder's, see ``ser.inference.embeddings``) + label ids, and
     optionally per-clip standardisation statistics (e.g. each clip's speaker's)."""
 
-    def __init__(self, embeddings: np.ndarray, label_ids: Sequence[int], statistics: Sequence | None = None):
+    def __init__(
+        self,
+        embeddings: np.ndarray,
+        label_ids: Sequence[int],
+        statistics: Sequence | None = None,
+        loss_weights: Sequence[float] | None = None,
+        allowed_classes: np.ndarray | None = None,
+    ):
         if len(embeddings) != len(label_ids) or (statistics is not None and len(statistics) != len(label_ids)):
             raise ValueError(f"{len(embeddings)} embeddings, {len(label_ids)} labels and {len(statistics or [])} statistics.")
+        self.extras = per_clip_extras(len(label_ids), loss_weights, allowed_classes)
         self.embeddings = torch.from_numpy(np.ascontiguousarray(embeddings, dtype=np.float32))
         self.label_ids = [int(label_id) for label_id in label_ids]
         self.statistics = list(statistics) if statistics is not None else None
@@ -132,7 +163,7 @@ class EmbeddingDataset(Dataset):
         if self.statistics is not None:
             item["statistics_mean"] = torch.from_numpy(self.statistics[index].mean).float()
             item["statistics_var"] = torch.from_numpy(self.statistics[index].variance).float()
-        return item
+        return item | {key: values[index] for key, values in self.extras.items()}
 
 
 def collate_embeddings(features: list[dict]) -> dict[str, torch.Tensor]:

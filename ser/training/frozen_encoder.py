@@ -41,19 +41,35 @@ def load_statistics(model, statistics) -> None:
     model.embedding_var.copy_(torch.from_numpy(statistics.variance).float())
 
 
+def group_statistics(groups: list, embeddings: np.ndarray) -> list:
+    """Each row's group's statistics (over all of that group's rows here)."""
+    from ser.core.statistics import EmbeddingStatistics
+
+    rows: dict = {}
+    for index, group in enumerate(groups):
+        rows.setdefault(group, []).append(index)
+    of_group = {group: EmbeddingStatistics.of(embeddings[indices]) for group, indices in rows.items()}
+    return [of_group[group] for group in groups]
+
+
 def speaker_statistics(clips: list[Clip], embeddings: np.ndarray) -> list:
     """Each clip's speaker's statistics (over all of that speaker's rows here); clips without a parsed
     speaker share the statistics of all such clips."""
-    from ser.core.statistics import EmbeddingStatistics
-
-    groups: dict[str | None, list[int]] = {}
-    for index, clip in enumerate(clips):
-        groups.setdefault(clip.speaker and f"{clip.corpus}:{clip.speaker}", []).append(index)
-    of_group = {group: EmbeddingStatistics.of(embeddings[indices]) for group, indices in groups.items()}
-    return [of_group[clip.speaker and f"{clip.corpus}:{clip.speaker}"] for clip in clips]
+    return group_statistics([clip.speaker and f"{clip.corpus}:{clip.speaker}" for clip in clips], embeddings)
 
 
-def embedding_datasets(model, feature_extractor, data_args: DataArguments, split: Split, waveform_of: dict, label2id: dict):
+def corpus_statistics(clips: list[Clip], embeddings: np.ndarray) -> list:
+    """Each clip's corpus's statistics (over all of that corpus's rows here), as ``--adapt corpus`` uses."""
+    return group_statistics([clip.corpus for clip in clips], embeddings)
+
+
+def embedding_datasets(
+    model, feature_extractor, data_args: DataArguments, split: Split, waveform_of: dict, label2id: dict, training_extras=None
+) -> dict:
+    """The datasets a frozen encoder's head trains and is scored on: ``train``, ``eval`` (or ``None``),
+    ``test`` (the training statistics), ``test_speaker_adapted`` and ``test_corpus_adapted`` (each test
+    clip standardised with its speaker's / corpus's own statistics). ``training_extras(clips)`` gives the
+    training clips' per-clip loss weights and allowed classes (keyword arguments of EmbeddingDataset)."""
     from ser.audio.augment import parse_fixed_copies
     from ser.core.statistics import EmbeddingStatistics
     from ser.inference.embeddings import (
@@ -82,19 +98,29 @@ def embedding_datasets(model, feature_extractor, data_args: DataArguments, split
     def labelled(clips: list[Clip]) -> list[int]:
         return [label2id[clip.label] for clip in clips]
 
+    if data_args.standardize_per_speaker and data_args.standardize_per_corpus:
+        raise TrainSetupError("--standardize_per_speaker and --standardize_per_corpus exclude each other: choose one.")
     train_clips = split.train * (1 + len(copies))
     train_embeddings = np.concatenate([embeddings(split.train, copy) for copy in [ORIGINAL, *copies]])
+    # The pooled statistics are stored for single clips, whichever way the head trains.
     load_statistics(model, EmbeddingStatistics.of(train_embeddings))
-    train = EmbeddingDataset(
-        train_embeddings, labelled(train_clips), speaker_statistics(train_clips, train_embeddings) if data_args.standardize_per_speaker else None
-    )
+    statistics = None
+    if data_args.standardize_per_speaker:
+        statistics = speaker_statistics(train_clips, train_embeddings)
+    elif data_args.standardize_per_corpus:
+        statistics = corpus_statistics(train_clips, train_embeddings)
+    train = EmbeddingDataset(train_embeddings, labelled(train_clips), statistics, **(training_extras(train_clips) if training_extras else {}))
 
     test_embeddings = embeddings(split.test, ORIGINAL)
-    test = EmbeddingDataset(test_embeddings, labelled(split.test))
-    # The same clips with each test speaker's own statistics: what adapted prediction would score.
-    test_speaker_adapted = EmbeddingDataset(test_embeddings, labelled(split.test), speaker_statistics(split.test, test_embeddings))
-    evaluation = EmbeddingDataset(embeddings(split.eval, ORIGINAL), labelled(split.eval)) if split.eval else None
+    datasets = {
+        "train": train,
+        "eval": EmbeddingDataset(embeddings(split.eval, ORIGINAL), labelled(split.eval)) if split.eval else None,
+        "test": EmbeddingDataset(test_embeddings, labelled(split.test)),
+        # The same clips with each test speaker's (corpus's) own statistics: what adapted prediction would score.
+        "test_speaker_adapted": EmbeddingDataset(test_embeddings, labelled(split.test), speaker_statistics(split.test, test_embeddings)),
+        "test_corpus_adapted": EmbeddingDataset(test_embeddings, labelled(split.test), corpus_statistics(split.test, test_embeddings)),
+    }
     model.train()
-    return train, evaluation, test, test_speaker_adapted
+    return datasets
 
 

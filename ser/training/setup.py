@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 
 import numpy as np
 
@@ -13,7 +14,7 @@ from ser.core.labels import (
     label_maps,
     parse_label_map,
 )
-from ser.data.corpus import Clip, scan_corpus
+from ser.data.corpus import Clip, corpus_name, normalise_speaker_id, scan_corpus
 from ser.data.splits import (
     Split,
     SplitError,
@@ -31,45 +32,75 @@ def ordered_labels(found: list[str]) -> list[str]:
     return [label for label in CANONICAL_LABELS if label in found] + sorted(set(found) - set(CANONICAL_LABELS))
 
 
-def load_corpus_split(data_args: DataArguments, seed: int) -> tuple[list[str], Split]:
+def scan_corpora(data_args: DataArguments) -> tuple[list[str], list[Clip]]:
+    """Every ``--data_dir`` scanned: the labels found in any of them (canonical order) and all clips,
+    each with its corpus (parsed from the file name, else the folder's name) and speaker."""
     try:
         label_map = parse_label_map(data_args.label_map)
     except ValueError as error:
         raise TrainSetupError(f"--label_map: {error}") from error
     excluded = [label.strip() for label in data_args.exclude_labels.split(",") if label.strip()]
-    corpus = scan_corpus(data_args.data_dir, label_map=label_map, exclude_labels=excluded)
-    if corpus.unknown_folders:
-        raise TrainSetupError(
-            f"Unknown class folder(s) in {corpus.root}: {corpus.unknown_folders}. Expected folders named after the emotions "
-            f"({', '.join(CANONICAL_LABELS)} or their AESDD names anger, disgust, fear, happiness, sadness; any case). "
-            "Map the others with --label_map, e.g. --label_map 'calm=neutral' (or map them onto a label in --exclude_labels)."
-        )
-    if corpus.empty_folders:
-        raise TrainSetupError(
-            f"Class folder(s) without audio clips in {corpus.root}: {corpus.empty_folders}. "
-            "Add clips or leave those classes out with --exclude_labels."
-        )
-    labels = ordered_labels(corpus.labels)
+    found: set[str] = set()
+    clips: list[Clip] = []
+    folders = data_args.data_dirs()
+    for data_dir in folders:
+        corpus = scan_corpus(data_dir, label_map=label_map, exclude_labels=excluded, speaker_from=data_args.speaker_from)
+        if corpus.unknown_folders:
+            raise TrainSetupError(
+                f"Unknown class folder(s) in {corpus.root}: {corpus.unknown_folders}. Expected folders named after the emotions "
+                f"({', '.join(CANONICAL_LABELS)} or their AESDD names anger, disgust, fear, happiness, sadness; any case). "
+                "Map the others with --label_map, e.g. --label_map 'calm=neutral' (or map them onto a label in --exclude_labels)."
+            )
+        if corpus.empty_folders:
+            raise TrainSetupError(
+                f"Class folder(s) without audio clips in {corpus.root}: {corpus.empty_folders}. "
+                "Add clips or leave those classes out with --exclude_labels."
+            )
+        logger.info("Found %d clips in %s: %s (excluded: %s)", len(corpus.clips), corpus.root, corpus.label_counts(), corpus.excluded_counts or "none")
+        found |= set(corpus.labels)
+        # Several folders: a clip no file-name pattern knows belongs to its folder's corpus.
+        fallback = corpus_name(data_dir) if len(folders) > 1 else None
+        clips += [clip if clip.corpus or fallback is None else replace(clip, corpus=fallback) for clip in corpus.clips]
+    labels = ordered_labels(sorted(found))
     if len(labels) < 2:
         raise TrainSetupError(f"Only {labels} left after --exclude_labels {excluded}; a classifier needs at least two classes.")
-    logger.info("Found %d clips in %s: %s (excluded: %s)", len(corpus.clips), corpus.root, corpus.label_counts(), corpus.excluded_counts or "none")
-    clips = corpus.clips
+    return labels, clips
+
+
+def load_corpus_split(data_args: DataArguments, seed: int) -> tuple[list[str], Split]:
+    labels, all_clips = scan_corpora(data_args)
+    clips = all_clips
     if excluded_speakers := parse_speaker_list(data_args.exclude_speakers):
         try:
             clips = drop_speakers(clips, excluded_speakers, flag="--exclude_speakers")
         except SplitError as error:
             raise TrainSetupError(str(error)) from error
-        logger.info("--exclude_speakers %s: %d clips left out", data_args.exclude_speakers, len(corpus.clips) - len(clips))
+        logger.info("--exclude_speakers %s: %d clips left out", data_args.exclude_speakers, len(all_clips) - len(clips))
+    held_out: list[Clip] = []
+    if test_corpora := [name.strip().lower() for name in (data_args.test_corpora or "").split(",") if name.strip()]:
+        known = sorted({clip.corpus for clip in clips if clip.corpus})
+        if unknown := [name for name in test_corpora if name not in known]:
+            raise TrainSetupError(f"--test_corpora {unknown}: not among the corpora of --data_dir ({', '.join(known)}).")
+        held_out = [clip for clip in clips if clip.corpus in test_corpora]
+        clips = [clip for clip in clips if clip.corpus not in test_corpora]
+        if not clips:
+            raise TrainSetupError("--test_corpora holds out every corpus: nothing is left to train on.")
+        logger.info("--test_corpora %s: %d clips held out as the test split", ",".join(test_corpora), len(held_out))
     split = make_split(
         clips,
         strategy=data_args.split,
         eval_fraction=data_args.eval_fraction,
-        test_fraction=data_args.test_fraction,
+        test_fraction=0.0 if held_out and not data_args.test_speakers else data_args.test_fraction,
         seed=seed,
         eval_speakers=parse_speaker_list(data_args.eval_speakers),
         test_speakers=parse_speaker_list(data_args.test_speakers),
         allow_random_fallback=data_args.allow_random_fallback,
     )
+    if held_out:
+        split.test = split.test + held_out
+        if split.strategy == "speaker":
+            groups = sorted({(clip.corpus, normalise_speaker_id(clip.speaker)) for clip in held_out if clip.speaker is not None})
+            split.speakers["test"] = sorted(set(split.speakers.get("test", [])) | set(groups))
     return labels, split
 
 
