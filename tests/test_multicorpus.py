@@ -163,6 +163,12 @@ def test_two_corpora_in_one_run_with_lbfgs_linear_head(emodb_dir, nemo_dir, tiny
     model = AutoModelForAudioClassification.from_pretrained(output)
     assert model.config.layer_pooling == "concat" and model.heads[0].classifier.in_features == 2 * 2 * model.config.encoder_config["d_model"]
     assert float(model.heads[0].classifier.weight.abs().sum()) > 0
+    # It serves like any model: single clips with the pooled statistics, adapted with others'.
+    from ser.inference.predictor import EmotionClassifier
+
+    classifier = EmotionClassifier.from_pretrained(str(output), backend="torch")
+    probabilities = classifier.predict_proba([synth_clip(0, 1, duration_s=1.0)])
+    assert probabilities.shape == (1, 6) and np.isclose(probabilities.sum(), 1.0, atol=1e-5)
 
 
 def test_held_out_corpus_with_trainer_and_corpus_standardisation(emodb_dir, nemo_dir, tiny_whisper_checkpoint_dir, tmp_path):
@@ -187,3 +193,29 @@ def test_unknown_test_corpus_is_refused(emodb_dir, tiny_whisper_checkpoint_dir, 
         "--eval_fraction", "0", "--embedding_cache_dir", str(tmp_path / "cache"), "--output_dir", str(tmp_path / "run"),
     )  # fmt: skip
     assert code == 1
+
+
+def test_leave_one_corpus_out_folds(tmp_path):
+    from scripts.cross_validate import fold_command, parse_corpus_folds, pool_folds, recipe_arguments
+
+    assert parse_corpus_folds("loco:ravdess,EMODB,nemo") == ["ravdess", "emodb", "nemo"]
+    assert parse_corpus_folds("1-4;5-8") is None
+    with pytest.raises(ValueError):
+        parse_corpus_folds("loco:a,a")
+    command = fold_command("config.json", [], "ravdess:21", tmp_path / "fold_0", ["--l2_C", "0.01"], corpus="emodb")
+    at = command.index("--test_corpora")
+    # The whole corpus is the test split; a test speaker list from the config is cleared.
+    assert command[at + 1] == "emodb" and command[command.index("--test_speakers") + 1] == ""
+    assert command[-2:] == ["--l2_C", "0.01"] and "ravdess:21" in command
+    speaker_command = fold_command("config.json", ["1", "2"], "", tmp_path / "fold_0", [])
+    assert "--test_corpora" not in speaker_command and speaker_command[speaker_command.index("--test_speakers") + 1] == "1,2"
+    # The held-out corpus is no part of the recipe (folds must agree on it), the head's solver is.
+    recipe = recipe_arguments({"data": {"test_corpora": "emodb", "class_balance": "corpus_class"}, "model": {"head_solver": "lbfgs", "l2_C": 0.002}, "training": {}})
+    assert recipe == {"class_balance": "corpus_class", "head_solver": "lbfgs", "l2_C": 0.002}
+    folds = [
+        {"speakers": [], "accuracy": 0.5, "macro_f1": 0.4, "n": 10, "confusion_matrix": [[5, 5], [0, 0]], "held_out_corpus": "emodb"},
+        {"speakers": [], "accuracy": 0.7, "macro_f1": 0.6, "n": 30, "confusion_matrix": [[21, 9], [0, 0]], "held_out_corpus": "nemo"},
+    ]
+    pooled = pool_folds(folds)
+    assert pooled["mean_accuracy"] == 0.6 and pooled["pooled_accuracy"] == 0.65
+    assert [fold["held_out_corpus"] for fold in pooled["folds"]] == ["emodb", "nemo"]
