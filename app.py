@@ -439,7 +439,7 @@ def build_demo(
             "# Speech emotion recognition\n"
             f"Record or upload a short clip of speech and press **Submit** to see how likely each emotion is ({labels}). "
             f"Accepted: {ACCEPTED_FORMATS}; up to {max_duration_s:g} s. "
-            "The model was trained on acted English speech: read the bars as an estimate, not a verdict."
+            "The model was trained on acted English, German and Polish speech: read the bars as an estimate, not a verdict."
         )
         with gr.Row():
             with gr.Column():

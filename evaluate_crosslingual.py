@@ -35,7 +35,7 @@ class EvaluationArguments:
     data_dir: str = field(metadata={"help": "Corpus with one folder per class: AESDD/EMOVO (anger, disgust, ...) or Audio Emotions (Emotions/Angry, ...)."})
     output_dir: str = field(metadata={"help": "Where metrics.json, predictions.csv, confusion_matrix.{csv,png} and report.md are written."})
     model: str | None = field(
-        default=None, metadata={"help": "Local model folder or hub id; default: $SER_MODEL, else the bundled models/ser-ravdess."}
+        default=None, metadata={"help": "Local model folder or hub id; default: $SER_MODEL, else the bundled models/ser-multicorpus."}
     )
     backend: str | None = field(
         default=None, metadata={"help": "Serving backend: auto, torch (fp32 reference), onnx, onnx-int8, bf16, cuda. Default: $SER_BACKEND, else auto: the fastest that agrees with torch on this machine (docs/backends.md)."}

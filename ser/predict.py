@@ -1,6 +1,6 @@
 """Batch prediction: many audio files -> one table (CSV, or Parquet) of labels and probabilities.
 
-    python -m ser.predict --model models/ser-ravdess --inputs clips/ --output preds.csv
+    python -m ser.predict --model models/ser-multicorpus --inputs clips/ --output preds.csv
     python -m ser.predict --inputs filelist.txt --output preds.csv --shard_index 0 --num_shards 4
     python -m ser.predict --engine ray --ray_address auto --inputs 'archive/**/*.flac' --output preds.parquet
 

@@ -17,11 +17,11 @@ def _write(root, relative: str, size_bytes: int = 10) -> None:
 @pytest.fixture
 def tiny_repo(tmp_path):
     for relative in ("app.py", "README.md", "requirements.txt", "packages.txt", "ser/__init__.py", "ser/core/labels.py",
-                     "models/ser-ravdess/config.json", "examples/clip.flac", "tests/test_app.py", "runs/x/model.safetensors",
-                     "ser/__pycache__/labels.cpython-311.pyc", "models/ser-ravdess/onnx/model.onnx", "models/ser-ravdess/cv/fold.json",
+                     "models/ser-multicorpus/config.json", "examples/clip.flac", "tests/test_app.py", "runs/x/model.safetensors",
+                     "ser/__pycache__/labels.cpython-311.pyc", "models/ser-multicorpus/onnx/model.onnx", "models/ser-multicorpus/cv/fold.json",
                      ".git/HEAD", "scripts/train_helper.py", "models/ser-ravdess-tdnn/model.safetensors"):
         _write(tmp_path, relative)
-    _write(tmp_path, "models/ser-ravdess/model.safetensors", 11 * 1024 * 1024)
+    _write(tmp_path, "models/ser-multicorpus/model.safetensors", 11 * 1024 * 1024)
     (tmp_path / ".gitattributes").write_text("*.safetensors filter=lfs diff=lfs merge=lfs -text\n*.flac filter=lfs diff=lfs merge=lfs -text\n")
     return tmp_path
 
@@ -30,30 +30,30 @@ def test_the_plan_holds_what_the_space_runs_and_nothing_else(tiny_repo):
     plan = {item.path: item for item in deploy_space.plan_upload(tiny_repo)}
     assert set(plan) == {
         ".gitattributes", "app.py", "README.md", "requirements.txt", "packages.txt", "ser/__init__.py", "ser/core/labels.py",
-        "models/ser-ravdess/config.json", "models/ser-ravdess/model.safetensors", "examples/clip.flac",
+        "models/ser-multicorpus/config.json", "models/ser-multicorpus/model.safetensors", "examples/clip.flac",
     }
-    assert plan["models/ser-ravdess/model.safetensors"].lfs and plan["examples/clip.flac"].lfs
+    assert plan["models/ser-multicorpus/model.safetensors"].lfs and plan["examples/clip.flac"].lfs
     assert not plan["app.py"].lfs
-    assert plan["models/ser-ravdess/model.safetensors"].size_bytes == 11 * 1024 * 1024
+    assert plan["models/ser-multicorpus/model.safetensors"].size_bytes == 11 * 1024 * 1024
     assert deploy_space.problems_of(list(plan.values())) == []
 
 
 def test_a_large_file_outside_lfs_is_a_problem(tiny_repo):
     (tiny_repo / ".gitattributes").write_text("*.flac filter=lfs diff=lfs merge=lfs -text\n")
     problems = deploy_space.problems_of(deploy_space.plan_upload(tiny_repo))
-    assert len(problems) == 1 and "models/ser-ravdess/model.safetensors is 11.5 MB and not LFS" in problems[0]
+    assert len(problems) == 1 and "models/ser-multicorpus/model.safetensors is 11.5 MB and not LFS" in problems[0]
 
 
 def test_a_missing_model_is_a_problem(tiny_repo):
-    (tiny_repo / "models/ser-ravdess/model.safetensors").unlink()
+    (tiny_repo / "models/ser-multicorpus/model.safetensors").unlink()
     assert deploy_space.problems_of(deploy_space.plan_upload(tiny_repo)) == [
-        "models/ser-ravdess/model.safetensors is missing from the upload: the Space needs it."
+        "models/ser-multicorpus/model.safetensors is missing from the upload: the Space needs it."
     ]
 
 
 def test_lfs_patterns_follow_git_rules():
     patterns = ["*.safetensors", "/docs/*.png"]
-    assert deploy_space.is_lfs("models/ser-ravdess/model.safetensors", patterns)
+    assert deploy_space.is_lfs("models/ser-multicorpus/model.safetensors", patterns)
     assert deploy_space.is_lfs("docs/figure.png", patterns)
     assert not deploy_space.is_lfs("models/eval/figure.png", patterns)
     assert not deploy_space.is_lfs("app.py", patterns)
@@ -63,7 +63,7 @@ def test_dry_run_of_this_repository_lists_every_file_offline(capsys):
     assert deploy_space.main(["--repo_id", "someone/ser", "--dry_run"]) == 0
     out = capsys.readouterr().out
     rows = {line.split()[0]: line.split()[-1] for line in out.splitlines()[1:-2]}
-    assert rows["models/ser-ravdess/model.safetensors"] == "LFS"
+    assert rows["models/ser-multicorpus/model.safetensors"] == "LFS"
     assert rows["app.py"] == "plain" and rows["packages.txt"] == "plain"
     assert {"ser/predictor.py", "ser/inference/predictor.py", "requirements.txt", "README.md", ".gitattributes", "docs/architecture.md"} <= set(rows)
     assert not [path for path in rows if path.startswith(("tests/", "runs/", "benchmarks/")) or "__pycache__" in path or "/onnx/" in path]

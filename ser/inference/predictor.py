@@ -35,7 +35,7 @@ logger = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 #: The model shipped with the project (trained by train.py on RAVDESS; see model_card.md).
-BUNDLED_MODEL_DIR = REPO_ROOT / "models" / "ser-ravdess"
+BUNDLED_MODEL_DIR = REPO_ROOT / "models" / "ser-multicorpus"
 MODEL_ENV_VAR = "SER_MODEL"
 
 #: Clips longer than this are scored window by window and the probabilities averaged, so memory

@@ -32,9 +32,9 @@ logger = logging.getLogger(__name__)
 
 #: Top probability below this -> "uncertain". The rule: the highest threshold (0.05 grid) at which
 #: the bundled model still answers at least half of RAVDESS actors 21-24, read from its
-#: accuracy-vs-coverage curve (models/ser-ravdess/eval/*/coverage.csv; docs/evaluation.md, "Audio the model
+#: accuracy-vs-coverage curve (models/ser-multicorpus/eval/*/coverage.csv; docs/evaluation.md, "Audio the model
 #: can trust"). tests/test_bundled_model.py re-derives it, so a retrained model cannot leave it stale.
-DEFAULT_CONFIDENCE_THRESHOLD = 0.95
+DEFAULT_CONFIDENCE_THRESHOLD = 0.80
 MIN_ANSWERED_FRACTION = 0.5
 
 #: Level floor for digital silence, so an all-zero clip reports a finite dBFS.
