@@ -56,16 +56,19 @@ def parse_corpus_folds(spec: str) -> list[str] | None:
 
 
 def parse_folds(spec: str) -> list[list[str]]:
-    """``"1-4;5,7"`` -> ``[["1", "2", "3", "4"], ["5", "7"]]``: folds split by ``;``, ranges inclusive."""
+    """``"1-4;5,7"`` -> ``[["1", "2", "3", "4"], ["5", "7"]]``: folds split by ``;``, ranges inclusive;
+    ``"ravdess:1-2"`` -> ``[["ravdess:1", "ravdess:2"]]``."""
     folds = []
     for fold_spec in (part.strip() for part in spec.split(";")):
         if not fold_spec:
             continue
         speakers: list[str] = []
         for item in (part.strip() for part in fold_spec.split(",")):
-            low, dash, high = item.partition("-")
+            # "ravdess:1-4" keeps its corpus on every speaker of the range (ids collide across corpora).
+            corpus, colon, rest = item.rpartition(":")
+            low, dash, high = rest.partition("-")
             if dash and low.isdigit() and high.isdigit():
-                speakers.extend(str(number) for number in range(int(low), int(high) + 1))
+                speakers.extend(f"{corpus}{colon}{number}" for number in range(int(low), int(high) + 1))
             elif item:
                 speakers.append(item)
         folds.append(speakers)

@@ -8,7 +8,8 @@
 # write cv/mix/<corpus>/. model_card.md quotes them. The frozen encoder's embeddings are cached
 # (--embedding_cache_dir), so each fold trains only a head. Needs ../shared/data and runs/whisper-base
 # (python -m scripts.import_whisper --output_dir runs/whisper-base).
-# Usage: scripts/cross_validate_multicorpus.sh [CANDIDATE ...]   (no names: every candidate and mix)
+# Usage: scripts/cross_validate_multicorpus.sh [CANDIDATE ...]   (no names: every candidate, speaker folds and mix;
+# names: linear_layers234, speakers_linear_layers234, mix_emodb, ...)
 set -euo pipefail
 SELECTED=" $* "
 cd "$(dirname "$0")/.."
@@ -58,6 +59,25 @@ MLP=(--head_solver trainer --config_overrides "layers=[1,2,3,4],head_hidden_size
      --lr_scheduler_type cosine --warmup_steps 0.05 --logging_steps 50)
 candidate mlp_ensemble_layers1234 "${MLP[@]}"
 candidate mlp_ensemble_layers1234_per_corpus "${MLP[@]}" --standardize_per_corpus true
+
+# Speaker folds beside the corpus folds: RAVDESS actors 1-20 in five folds of four, trained with all three
+# corpora (EMO-DB and nEMO always train), scored single clip and with each held-out speaker's own statistics
+# (metrics_speaker_adapted.json). Writes cv/speakers/<name>.json and cv/speakers_adapted/<name>.json.
+speaker_folds() {  # NAME [train.py flags]
+    local name=$1
+    shift
+    selected "speakers_$name" || return 0
+    local folds="ravdess:1-4;ravdess:5-8;ravdess:9-12;ravdess:13-16;ravdess:17-20"
+    python -m scripts.cross_validate "$CONFIG" --output_dir "runs/cv-speakers/$name" --folds "$folds" \
+        --exclude_speakers "$EXCLUDED" -- --data_dir "${DIRS[@]}" --embedding_cache_dir "$CACHE" "$@"
+    python -m scripts.cross_validate "$CONFIG" --output_dir "runs/cv-speakers/$name" --folds "$folds" \
+        --exclude_speakers "$EXCLUDED" --pool_only --metrics_file metrics_speaker_adapted.json
+    mkdir -p "$MODEL/cv/speakers" "$MODEL/cv/speakers_adapted"
+    cp "runs/cv-speakers/$name/cv.json" "$MODEL/cv/speakers/$name.json"
+    cp "runs/cv-speakers/$name/cv_metrics_speaker_adapted.json" "$MODEL/cv/speakers_adapted/$name.json"
+}
+speaker_folds linear_layers234
+speaker_folds linear_layers1234 "${L1234[@]}"
 
 # The corpus mix: the chosen recipe (configs/multicorpus_model.json) trained on one corpus alone, scored on the two others (compare
 # with the leave-one-corpus-out folds above, which train on the two others together).

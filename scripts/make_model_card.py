@@ -306,6 +306,18 @@ def mix_rows(model_dir: Path, loco: Mapping | None) -> list[str]:
     return rows
 
 
+def speaker_fold_rows(model_dir: Path) -> list[str]:
+    """RAVDESS actor folds trained with all corpora (cv/speakers/, cv/speakers_adapted/), one row per candidate."""
+    rows = []
+    for path in sorted((model_dir / "cv" / "speakers").glob("*.json")):
+        cv = _load(path)
+        adapted_path = model_dir / "cv" / "speakers_adapted" / path.name
+        adapted = f"{_load(adapted_path)['mean_accuracy']:.3f}" if adapted_path.is_file() else "-"
+        folds = " / ".join(f"{fold['accuracy']:.3f}" for fold in cv["folds"])
+        rows.append(f"| {path.stem} | {cv['mean_accuracy']:.3f} ± {cv['std_accuracy']:.3f} | {folds} | {adapted} |")
+    return rows
+
+
 def matrix_rows(model_dir: Path, previous_dir: Path, tdnn_dir: Path) -> list[str]:
     """The cross-corpus matrix: each training mix down the side; RAVDESS actors 21-24 and EMOVO, single
     clip and corpus-adapted, across the top."""
@@ -489,6 +501,13 @@ The rule: ship the candidate with the highest single-clip mean.{cv_sentences} Th
 within a corpus, weighs the same in its loss (`--class_balance corpus_class`: nEMO has about three
 times RAVDESS's clips), and a clip's loss only sees the classes its corpus has (`--mask_absent_classes`:
 nEMO has no disgust, so its clips do not teach that disgust is unlikely).
+
+Speaker folds beside the corpus folds: RAVDESS actors 1-20 in five folds of four (EMO-DB and nEMO always
+train), single clip and with each held-out speaker's own statistics (`speaker_folds` in the same script):
+
+| candidate | mean ± sd over 5 folds, single clip | folds 1-4 / 5-8 / 9-12 / 13-16 / 17-20 | mean, speaker-adapted |
+|---|---|---|---|
+{chr(10).join(speaker_fold_rows(model_dir))}
 
 The corpus mix, same recipe, single clip: one corpus alone (`train.py --test_corpora` the two others,
 in the same script) against the two others together:

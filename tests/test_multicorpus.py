@@ -200,6 +200,11 @@ def test_leave_one_corpus_out_folds(tmp_path):
 
     assert parse_corpus_folds("loco:ravdess,EMODB,nemo") == ["ravdess", "emodb", "nemo"]
     assert parse_corpus_folds("1-4;5-8") is None
+    from scripts.cross_validate import parse_folds
+
+    # Speaker folds beside them, with the corpus kept on a range (EMO-DB also has a speaker 3).
+    assert parse_folds("ravdess:1-2;ravdess:3,emodb:3") == [["ravdess:1", "ravdess:2"], ["ravdess:3", "emodb:3"]]
+    assert parse_folds("1-2;5") == [["1", "2"], ["5"]]
     with pytest.raises(ValueError):
         parse_corpus_folds("loco:a,a")
     command = fold_command("config.json", [], "ravdess:21", tmp_path / "fold_0", ["--l2_C", "0.01"], corpus="emodb")
