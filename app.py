@@ -30,6 +30,7 @@ from transformers import HfArgumentParser
 from ser.audio.loader import ACCEPTED_FORMATS, AudioError, load_audio
 from ser.inference.adaptation import AdaptationUnsupportedError
 from ser.inference.backends import BackendError
+from ser.inference.hardware import limit_numpy_blas_threads
 from ser.inference.predictor import (
     EmotionClassifier,
     ModelNotConfiguredError,
@@ -560,6 +561,8 @@ def main() -> None:
     # gradio's own HTTP client logs every health-check request at INFO.
     logging.getLogger("httpx").setLevel(logging.WARNING)
     (args,) = HfArgumentParser(AppArguments).parse_args_into_dataclasses()
+    # Before any numpy work: idle OpenBLAS threads spinning next to the model doubled its time here.
+    limit_numpy_blas_threads(1)
     try:
         classifier = load_classifier(args.model, args.backend)
     except (ModelNotConfiguredError, BackendError) as error:
