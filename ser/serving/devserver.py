@@ -147,6 +147,7 @@ class LiveStreamClient:
         self.mic_id = stream["targets"][0][0]
         self.stop_fn = next(dep["id"] for dep in dependencies if dep["targets"] and dep["targets"][0] == [self.mic_id, "stop_recording"])
         self.event_id: str | None = None
+        self.sent = 0
         self.updates: list[tuple[float, list]] = []
         self.completed: dict[str, dict] = {}
         self._listener: threading.Thread | None = None
@@ -197,13 +198,18 @@ class LiveStreamClient:
     def send(self, pcm: "np.ndarray", sample_rate: int) -> None:
         """One slice, as the page sends it every ``stream_every`` seconds."""
         data = [self.upload(pcm, sample_rate), None, self.calibrate]
+        self.sent += 1
         if self.event_id is None:
             self.event_id = self._join(self.stream_fn, data)
         else:
             self._http.post(f"{self.url}/gradio_api/stream/{self.event_id}", json=self._body(self.stream_fn, data), timeout=self.timeout_s)
 
     def stop(self) -> dict:
-        """Close the stream and press Stop; returns the Stop event's completion message."""
+        """Wait (up to 5 s) for the slices sent so far to be answered, close the stream and press Stop
+        (as the page does); returns the Stop event's completion message."""
+        deadline = time.monotonic() + 5.0
+        while len(self.updates) < self.sent and time.monotonic() < deadline:
+            time.sleep(0.05)
         if self.event_id is not None:
             self._http.post(f"{self.url}/gradio_api/stream/{self.event_id}/close", timeout=self.timeout_s)
         stop_id = self._join(self.stop_fn, [None, self.calibrate])
