@@ -57,6 +57,7 @@ from ser.inference.timeline import (
     timeline_table,
 )
 from ser.serving.calibration import Calibration, CalibrationError
+from ser.serving.guard import RequestGuard
 from ser.serving.limits import (
     DEFAULT_MAX_UPLOAD_MB,
     DEFAULT_REQUEST_TIMEOUT_S,
@@ -65,7 +66,6 @@ from ser.serving.limits import (
     ServingError,
     env_default,
 )
-from ser.serving.guard import RequestGuard
 from ser.serving.live import STREAM_EVERY_S, LiveConfig, LiveSession, LiveUpdate, calibration_line, live_step, strip_html
 from ser.serving.middleware import create_serving, launch_kwargs
 from ser.serving.monitoring import DEFAULT_DRIFT_WINDOW
@@ -357,7 +357,7 @@ def live_status(update: LiveUpdate, config: LiveConfig) -> str:
 def build_live_mode(
     classifier: EmotionClassifier,
     guard: RequestGuard,
-    label_files: "LabelFiles",
+    label_files: LabelFiles,
     config: LiveConfig,
     quality: QualityConfig | None,
     timeline_config: TimelineConfig,

@@ -9,8 +9,8 @@ import threading
 
 import numpy as np
 import pytest
-
 from live_server import UNGATED_ARGS, running_app
+
 from ser.audio.loader import resample
 from ser.serving.devserver import LiveStreamClient
 

@@ -10,9 +10,9 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import requests
 
@@ -101,7 +101,7 @@ def process_cpu_s(pid: int) -> float:
 # -- live mode over HTTP --------------------------------------------------------------------------
 def ravdess_speech(
     data_dir: Path, emotions: Sequence[str], actor: int, clips_per_emotion: int = 2, sample_rate: int = 48_000, peak_dbfs: float = -12.0
-) -> "np.ndarray":
+) -> np.ndarray:
     """Int16 mono speech of one RAVDESS actor (``<data_dir>/<Emotion>/*-<actor>.<ext>``, the actor is
     the file name's last field): ``clips_per_emotion`` clips of each emotion in turn, resampled to
     ``sample_rate`` (what a browser microphone sends) and scaled to ``peak_dbfs``."""
@@ -184,7 +184,7 @@ class LiveStreamClient:
                 self._listener.start()
         return event_id
 
-    def upload(self, pcm: "np.ndarray", sample_rate: int) -> dict:
+    def upload(self, pcm: np.ndarray, sample_rate: int) -> dict:
         import io
 
         import soundfile
@@ -195,7 +195,7 @@ class LiveStreamClient:
         response.raise_for_status()
         return {"path": response.json()[0], "meta": {"_type": "gradio.FileData"}, "orig_name": "audio.wav"}
 
-    def send(self, pcm: "np.ndarray", sample_rate: int) -> None:
+    def send(self, pcm: np.ndarray, sample_rate: int) -> None:
         """One slice, as the page sends it every ``stream_every`` seconds."""
         data = [self.upload(pcm, sample_rate), None, self.calibrate]
         self.sent += 1
@@ -226,7 +226,7 @@ class LiveStreamClient:
             time.sleep(0.05)
         return self.completed[stop_id]
 
-    def play(self, pcm: "np.ndarray", sample_rate: int, every_s: float = 0.5, stop_when=None) -> None:
+    def play(self, pcm: np.ndarray, sample_rate: int, every_s: float = 0.5, stop_when=None) -> None:
         """Send ``pcm`` in real time, one slice every ``every_s``; ``stop_when(client)`` true ends early."""
         step = int(every_s * sample_rate)
         started = time.perf_counter()
