@@ -70,3 +70,14 @@ def test_time_limit_ends_the_recording_with_a_message(tiny_whisper_ser_dir, spee
         assert len(signal) == 1, "the page is told once to press Stop"
         stop = client.stop()
         assert "Whole recording (2.0 s)" in stop["output"]["data"][0]
+
+
+def test_a_model_that_cannot_adapt_runs_live_uncalibrated(tiny_cnn_dir, speech_48k, tmp_path):
+    with running_app(tiny_cnn_dir, tmp_path / "app.log", UNGATED_ARGS) as url:
+        client = LiveStreamClient(url, calibrate=True)
+        client.play(speech_48k[: 3 * RATE], RATE)
+        stop = client.stop()
+    voiced = [status for status in statuses(client) if status.startswith("**Live:")]
+    assert voiced and all("uncalibrated" in status for status in voiced)
+    assert "not available with this model" in statuses(client, 3)[-1]
+    assert "Whole recording (3.0 s)" in stop["output"]["data"][0] and "uncalibrated" in stop["output"]["data"][0]

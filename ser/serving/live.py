@@ -113,15 +113,22 @@ class LiveSession:
 
     def __init__(self, config: LiveConfig | None = None):
         self.config = config or LiveConfig()
-        self.recording = np.zeros(int(self.config.max_duration_s * self.config.sample_rate), dtype=np.float32)
+        self.capacity = int(self.config.max_duration_s * self.config.sample_rate)
+        self.recording = np.zeros(0, dtype=np.float32)
         self.length = 0
         self.calibration = Calibration()
         self.lock = threading.Lock()
-        self._reset_recording()
+        self._clear()
         self.active = False
 
     # -- recording ------------------------------------------------------------------------------
     def _reset_recording(self) -> None:
+        if len(self.recording) != self.capacity:
+            # allocated per recording, freed at Stop: a closed tab's session may linger for an hour
+            self.recording = np.zeros(self.capacity, dtype=np.float32)
+        self._clear()
+
+    def _clear(self) -> None:
         self.length = 0
         self.resampler: StreamingResampler | None = None
         self.smoothed: np.ndarray | None = None
@@ -141,7 +148,7 @@ class LiveSession:
         if not self.active:
             self._reset_recording()
         if samples.size == 0:
-            return 0, self.length >= len(self.recording)
+            return 0, self.length >= self.capacity
         if self.resampler is None or self.resampler.source_rate != sample_rate:
             self.resampler = StreamingResampler(sample_rate, self.config.sample_rate)
         piece = self.resampler(samples)
@@ -149,7 +156,7 @@ class LiveSession:
         piece = piece[:room]
         self.recording[self.length : self.length + len(piece)] = piece
         self.length += len(piece)
-        return len(piece), self.length >= len(self.recording)
+        return len(piece), self.length >= self.capacity
 
     def window(self) -> np.ndarray:
         """The newest ``window_s`` seconds (a view: copy before the lock is released)."""
@@ -158,6 +165,7 @@ class LiveSession:
     def take_recording(self) -> np.ndarray:
         """The whole recording (a copy) for Stop; the next slice starts a new one. The calibration stays."""
         waveform = self.recording[: self.length].copy()
+        self.recording = np.zeros(0, dtype=np.float32)
         self.active = False
         self.ended = True
         return waveform
