@@ -637,8 +637,8 @@ def build_demo(
             predict_calibrated, inputs=[audio, calibration_in], outputs=[label, info, answer_json, calibration_out], api_name=CALIBRATED_API_NAME
         )
         if can_calibrate:
-            # Per browser session, on the server's side of that session only; a gr.State exists only where
-            # there is something to hold, since it makes the page keep a heartbeat connection open.
+            # Per browser session, on the server's side of that session only (a gr.State makes the page keep
+            # a heartbeat connection open; live mode's session state already needs one on every page).
             calibration_state = gr.State(None)
             submit.click(
                 predict_in_page,
@@ -690,8 +690,7 @@ def build_demo(
             timeline_rows = gr.Dataframe(headers=TABLE_HEADERS, label="Segments", interactive=False)
             with gr.Accordion("Segments as JSON (what the API returns)", open=False):
                 timeline_json = gr.JSON(label="Segments")
-            # API-only trigger for /timeline (never shown); the page runs show_timeline. No gr.State here:
-            # it makes every page hold a heartbeat connection open (only calibration needs one).
+            # API-only trigger for /timeline (never shown); the page runs show_timeline.
             timeline_api_trigger = gr.Button(visible=False)
         timeline_button.click(
             show_timeline,

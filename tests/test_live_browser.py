@@ -122,16 +122,19 @@ def test_angry_then_sad_moves_the_bars_and_stop_scores_the_whole(playwright, liv
         screenshot(page, "live_angry_then_sad.png")
     finally:
         browser.close()
-    voiced = [(t, bars) for t, text, bars, greyed in readings if text.startswith("Live:") and bars and not greyed]
+    voiced = [(t, bars) for t, text, bars, greyed in readings if "Live:" in text and bars and not greyed]
     distinct = {tuple(sorted(bars.items())) for _, bars in voiced}
     assert len(distinct) >= 6, f"the bars should move while the actor speaks: {readings}"
     # angry while the angry clips play, then sad gaining once the sad ones are well under way
     early = [bars for t, bars in voiced if t < angry_s - 0.5]
     late = [bars for t, bars in voiced if t > angry_s + 3.0]
     assert early and late, readings
-    assert sum(max(bars, key=bars.get) == "angry" for bars in early) > len(early) / 2, early
-    assert np.mean([bars["sad"] for bars in late]) > np.mean([bars["sad"] for bars in early]) + 0.3, (early, late)
-    assert max(late[-1], key=late[-1].get) == "sad" or max(late[-2], key=late[-2].get) == "sad", late
+    def mean(readings, label):
+        return float(np.mean([bars[label] for bars in readings]))
+
+    assert mean(early, "angry") > mean(early, "sad"), early
+    assert mean(late, "sad") > mean(late, "angry"), late
+    assert mean(late, "sad") > mean(early, "sad") + 0.3, (early, late)
     # the strip drew an entry per voiced update; Stop scored the whole recording once
     assert re.search(r"Whole recording \((1[2-9]|2\d)\.\d s\)", result), result
     assert "Recording" in result  # and its timeline
@@ -151,7 +154,7 @@ def test_silence_is_listening_not_an_emotion(playwright, live_url, tmp_path):
         stop_button(page).click()
     finally:
         browser.close()
-    assert text.startswith("listening…"), text
+    assert "listening…" in text and "Live:" not in text, text
     assert bars == {}, "no emotion is shown for silence"
 
 
@@ -190,5 +193,5 @@ def test_time_limit_ends_the_recording_with_a_message(playwright, angry_then_sad
             record_button(page).wait_for(timeout=UI_TIMEOUT_MS)  # the microphone is back to Record
         finally:
             browser.close()
-    assert message.startswith("Time limit reached (3 s)"), message
+    assert "Time limit reached (3 s)" in message, message
     assert "Whole recording (3.0 s)" in result, result
