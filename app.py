@@ -25,11 +25,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import gradio as gr
+import soundfile
 from transformers import HfArgumentParser
 
 from ser.audio.loader import ACCEPTED_FORMATS, AudioError, load_audio
 from ser.inference.adaptation import AdaptationUnsupportedError
 from ser.inference.backends import BackendError
+from ser.inference.hardware import limit_numpy_blas_threads
 from ser.inference.predictor import (
     EmotionClassifier,
     ModelNotConfiguredError,
@@ -40,6 +42,7 @@ from ser.inference.quality import (
     Answer,
     QualityConfig,
     QualityReport,
+    assess_quality,
     check_quality,
     decide,
     get_speech_detector,
@@ -50,9 +53,11 @@ from ser.inference.timeline import (
     TimelineConfig,
     timeline_figure,
     timeline_for_file,
+    timeline_for_waveform,
     timeline_table,
 )
 from ser.serving.calibration import Calibration, CalibrationError
+from ser.serving.guard import RequestGuard
 from ser.serving.limits import (
     DEFAULT_MAX_UPLOAD_MB,
     DEFAULT_REQUEST_TIMEOUT_S,
@@ -61,6 +66,7 @@ from ser.serving.limits import (
     ServingError,
     env_default,
 )
+from ser.serving.live import STREAM_EVERY_S, LiveConfig, LiveSession, LiveUpdate, calibration_line, live_step, strip_html
 from ser.serving.middleware import create_serving, launch_kwargs
 from ser.serving.monitoring import DEFAULT_DRIFT_WINDOW
 
@@ -86,6 +92,14 @@ DEFAULT_MAX_DURATION_S = 60.0
 DEFAULT_CONCURRENCY_LIMIT = 1
 #: Requests waiting beyond this are refused ("queue full") rather than piling up.
 DEFAULT_MAX_QUEUE_SIZE = 16
+#: Live sessions streaming at once. Each holds one slot of its own queue ("live") while it records;
+#: four fit two cores with room to spare (docs/serving.md, "Live mode"); a fifth waits in the queue.
+LIVE_CONCURRENCY_LIMIT = 4
+#: The stream's own time limit is only a safety net past the recording limit: Gradio re-submits a
+#: stream at its time_limit rather than ending it, so the handler ends the recording itself.
+LIVE_TIME_LIMIT_SLACK_S = 30
+#: Greyed bars while the VAD hears no speech (passed to ``launch``: gradio 6 takes css there).
+LIVE_CSS = "#live-bars.live-stale, .live-stale #live-bars { opacity: 0.45; filter: grayscale(1); transition: opacity 0.2s; }"
 
 
 @dataclass
@@ -111,6 +125,10 @@ class AppArguments:
     max_duration_s: float = field(
         default_factory=env_default("max_duration_s", DEFAULT_MAX_DURATION_S),
         metadata={"help": f"Refuse clips longer than this many seconds ($SER_MAX_DURATION_S; default {DEFAULT_MAX_DURATION_S:g})."},
+    )
+    live_max_duration_s: float | None = field(
+        default=None,
+        metadata={"help": "Live mode: a recording ends (and is scored as a whole) after this many seconds. Default: --max_duration_s."},
     )
     concurrency_limit: int = field(
         default_factory=env_default("concurrency_limit", DEFAULT_CONCURRENCY_LIMIT),
@@ -324,6 +342,145 @@ def example_paths() -> list[str]:
     return sorted(str(path) for path in EXAMPLES_DIR.iterdir() if path.suffix.lower() in EXAMPLE_SUFFIXES)
 
 
+def live_status(update: LiveUpdate, config: LiveConfig) -> str:
+    """The live status line: what the newest update did, the recording's length, the server's time."""
+    timing = f"{update.seconds:.1f} of {config.max_duration_s:g} s · update {update.server_ms:.0f} ms"
+    if update.kind == "limit":
+        return f"**Time limit reached** ({config.max_duration_s:g} s): the recording has ended; scoring the whole recording…"
+    if update.kind == "listening":
+        return f"**listening…** (no speech in the newest half second; the bars keep the last answer, greyed) · {timing}"
+    answer = update.answer
+    headline = f"{UNCERTAIN_LABEL} (most likely {answer.label}, {answer.confidence:.0%})" if answer.uncertain else f"{answer.label} ({answer.confidence:.0%})"
+    return f"**Live: {headline}** · {'calibrated' if update.calibrated else 'uncalibrated'} · {timing} (model {update.model_ms:.0f} ms)"
+
+
+def build_live_mode(
+    classifier: EmotionClassifier,
+    guard: RequestGuard,
+    label_files: LabelFiles,
+    config: LiveConfig,
+    quality: QualityConfig | None,
+    timeline_config: TimelineConfig,
+) -> None:
+    """The live mode's components and events, inside the caller's ``gr.Blocks`` (see ser/serving/live.py)."""
+    detector = get_speech_detector()
+    can_calibrate = classifier.supports_adaptation
+    labels = list(classifier.labels)
+
+    def new_session() -> LiveSession:
+        return LiveSession(config)
+
+    def live_update(slice_path: str | None, session: LiveSession | None, calibrate: bool):
+        # One slice of the microphone stream (a Gradio temp file, deleted here once read).
+        session = session or new_session()
+        if not slice_path:
+            return gr.skip(), gr.skip(), gr.skip(), gr.skip(), session, gr.skip()
+        with guard.releasing(slice_path):
+            try:
+                samples, rate = soundfile.read(slice_path, dtype="float32", always_2d=False)
+                update = live_step(classifier, detector, session, samples, rate, bool(calibrate))
+            except (soundfile.LibsndfileError, RuntimeError, AudioError) as error:
+                logger.info("Live slice refused: %s", error)
+                return gr.skip(), f"This audio slice could not be used ({error}).", gr.skip(), gr.skip(), session, gr.skip()
+        if update.kind == "ignored":
+            return gr.skip(), gr.skip(), gr.skip(), gr.skip(), session, gr.skip()
+        status = live_status(update, config)
+        calibration = calibration_line(session, bool(calibrate), can_calibrate)
+        if update.kind == "limit":
+            logger.info("Live recording reached its %g s limit", config.max_duration_s)
+            # Bumping the hidden number runs its js, which presses the microphone's Stop: the only way
+            # to end a browser recording from the server (returning recording=False does not).
+            return gr.skip(), status, strip_html(session, labels), calibration, session, time.time()
+        if update.kind == "listening":
+            return gr.Label(elem_classes=["live-stale"]), status, gr.skip(), calibration, session, gr.skip()
+        bars = gr.Label(value=label_value(update.answer, label_files), elem_classes=[])
+        return bars, status, strip_html(session, labels), calibration, session, gr.skip()
+
+    def live_stop(session: LiveSession | None, calibrate: bool):
+        # The whole recording as one clip (the stream handler only ever saw it slice by slice).
+        if session is None or session.length == 0:
+            return "Nothing was recorded.", None, session
+        with session.lock:
+            waveform = session.take_recording()
+            calibration = session.calibration
+        seconds = len(waveform) / classifier.sample_rate
+        if quality is not None:
+            report = assess_quality(waveform, classifier.sample_rate, dataclasses.replace(quality, max_duration_s=None))
+            if not report.ok:
+                return f"**Whole recording ({seconds:.1f} s):** not scored. {report.message}", None, session
+        statistics = calibration.statistics if calibrate and can_calibrate and calibration.calibrated else None
+        answer = decide(classifier.classify_waveform(waveform, statistics).probabilities, config.confidence_threshold)
+        headline = (
+            f"**{UNCERTAIN_LABEL}** (most likely {answer.label}, {answer.confidence:.0%})"
+            if answer.uncertain
+            else f"**{answer.label}** ({answer.confidence:.0%})"
+        )
+        text = f"**Whole recording ({seconds:.1f} s):** {headline}, {'calibrated' if statistics is not None else 'uncalibrated'}."
+        figure = None
+        try:
+            timeline = timeline_for_waveform(classifier, waveform, classifier.sample_rate, dataclasses.replace(timeline_config, refuse_unusable=False))
+            figure = timeline_figure(timeline, labels)
+            text += "\n\n" + timeline_summary(timeline)
+        except AudioError as error:
+            text += f"\n\nNo timeline: {error}"
+        logger.info("Live recording of %.1f s: %s (%.2f%s)", seconds, answer.label, answer.confidence, ", uncertain" if answer.uncertain else "")
+        return text, figure, session
+
+    def reset(session: LiveSession | None, calibrate: bool):
+        session = session or new_session()
+        with session.lock:
+            session.reset_calibration()
+        return calibration_line(session, calibrate, can_calibrate), session
+
+    def switch(session: LiveSession | None, calibrate: bool):
+        return calibration_line(session or new_session(), calibrate, can_calibrate)
+
+    with gr.Accordion("Live mode: the bars move while you speak", open=False, elem_id="live-mode"):
+        gr.Markdown(
+            f"Press **Record** and speak: every {STREAM_EVERY_S:g} s the newest {config.window_s:g} s are classified and the "
+            "bars follow you (smoothed over about a second). While the detector hears no speech the page says "
+            "**listening…** and the bars stay greyed rather than guessing. **Stop** scores the whole recording "
+            f"(at most {config.max_duration_s:g} s) as one clip and shows its timeline. "
+            + (
+                "With calibration on, windows of your speech supply the statistics the model standardises with, as "
+                "\"Calibrate to my voice\" does for clips: statistics only, never audio, in this tab's session; "
+                "calibrated from the count shown on. Your browser's own echo cancellation, noise suppression and "
+                "gain control shape the sound the model hears."
+                if can_calibrate
+                else "This model cannot be calibrated to a voice, so live answers are uncalibrated."
+            )
+        )
+        with gr.Row():
+            with gr.Column():
+                mic = gr.Audio(sources=["microphone"], streaming=True, type="filepath", label="Live microphone", elem_id="live-mic")
+                calibrate = gr.Checkbox(label="Calibrate live answers to my voice", value=can_calibrate, interactive=can_calibrate, elem_id="live-calibrate")
+                calibration_info = gr.Markdown(calibration_line(new_session(), can_calibrate, can_calibrate), elem_id="live-calibration")
+                reset_button = gr.Button("Reset live calibration", interactive=can_calibrate, elem_id="live-reset")
+            with gr.Column():
+                bars = gr.Label(num_top_classes=len(labels), label="Emotion (live)", elem_id="live-bars")
+                status = gr.Markdown("Press **Record** to start.", elem_id="live-status")
+                strip = gr.HTML(elem_id="live-strip")
+        result = gr.Markdown(elem_id="live-result")
+        plot = gr.Plot(label="Whole recording: emotion timeline")
+        session_state = gr.State(None)
+        stop_signal = gr.Number(value=None, visible=False)
+    stop_signal.change(None, js="() => { document.querySelector('#live-mic button.stop-button')?.click(); }")
+    mic.stream(
+        live_update,
+        inputs=[mic, session_state, calibrate],
+        outputs=[bars, status, strip, calibration_info, session_state, stop_signal],
+        stream_every=STREAM_EVERY_S,
+        time_limit=int(config.max_duration_s + LIVE_TIME_LIMIT_SLACK_S),
+        concurrency_limit=LIVE_CONCURRENCY_LIMIT,
+        concurrency_id="live",
+        show_progress="hidden",
+        api_visibility="private",
+    )
+    mic.stop_recording(live_stop, inputs=[session_state, calibrate], outputs=[result, plot, session_state], api_visibility="private")
+    reset_button.click(reset, inputs=[session_state, calibrate], outputs=[calibration_info, session_state], api_visibility="private")
+    calibrate.change(switch, inputs=[session_state, calibrate], outputs=calibration_info, api_visibility="private")
+
+
 def build_demo(
     classifier: EmotionClassifier,
     max_duration_s: float | None = DEFAULT_MAX_DURATION_S,
@@ -333,6 +490,7 @@ def build_demo(
     confidence_threshold: float = DEFAULT_CONFIDENCE_THRESHOLD,
     serving: ServingConfig | None = None,
     timeline_adapt: bool = True,
+    live_max_duration_s: float | None = None,
 ) -> gr.Blocks:
     """The UI and the ``/predict``, ``/predict_calibrated`` and ``/timeline`` APIs around an already loaded classifier.
 
@@ -342,6 +500,8 @@ def build_demo(
     readiness) feeds the middleware that :func:`ser.serving.middleware.launch_kwargs` adds at launch.
 
     ``quality=None`` turns the quality gate off (single clips and the timeline's recording check).
+
+    ``live_max_duration_s``: live mode's recording limit (default ``max_duration_s``).
     """
     if quality is not None:
         quality = dataclasses.replace(quality, max_duration_s=max_duration_s)
@@ -477,8 +637,8 @@ def build_demo(
             predict_calibrated, inputs=[audio, calibration_in], outputs=[label, info, answer_json, calibration_out], api_name=CALIBRATED_API_NAME
         )
         if can_calibrate:
-            # Per browser session, on the server's side of that session only; a gr.State exists only where
-            # there is something to hold, since it makes the page keep a heartbeat connection open.
+            # Per browser session, on the server's side of that session only (a gr.State makes the page keep
+            # a heartbeat connection open; live mode's session state already needs one on every page).
             calibration_state = gr.State(None)
             submit.click(
                 predict_in_page,
@@ -506,6 +666,11 @@ def build_demo(
                 api_visibility="private",
                 label="Examples (synthetic speech, espeak-ng)",
             )
+        live_config = LiveConfig(
+            max_duration_s=float(live_max_duration_s or max_duration_s or DEFAULT_MAX_DURATION_S),
+            confidence_threshold=confidence_threshold,
+        )
+        build_live_mode(classifier, guard, label_files, live_config, quality, timeline_config)
         with gr.Accordion("Long recording: emotion timeline", open=False):
             gr.Markdown(
                 "Upload a conversation or a long recording. Speech is found with a voice activity detector, cut into "
@@ -525,8 +690,7 @@ def build_demo(
             timeline_rows = gr.Dataframe(headers=TABLE_HEADERS, label="Segments", interactive=False)
             with gr.Accordion("Segments as JSON (what the API returns)", open=False):
                 timeline_json = gr.JSON(label="Segments")
-            # API-only trigger for /timeline (never shown); the page runs show_timeline. No gr.State here:
-            # it makes every page hold a heartbeat connection open (only calibration needs one).
+            # API-only trigger for /timeline (never shown); the page runs show_timeline.
             timeline_api_trigger = gr.Button(visible=False)
         timeline_button.click(
             show_timeline,
@@ -560,6 +724,8 @@ def main() -> None:
     # gradio's own HTTP client logs every health-check request at INFO.
     logging.getLogger("httpx").setLevel(logging.WARNING)
     (args,) = HfArgumentParser(AppArguments).parse_args_into_dataclasses()
+    # Before any numpy work: idle OpenBLAS threads spinning next to the model doubled its time here.
+    limit_numpy_blas_threads(1)
     try:
         classifier = load_classifier(args.model, args.backend)
     except (ModelNotConfiguredError, BackendError) as error:
@@ -573,9 +739,10 @@ def main() -> None:
         classifier, args.max_duration_s, args.concurrency_limit, args.max_queue_size, quality, args.confidence_threshold,
         serving=ServingConfig(args.max_upload_mb, args.request_timeout_s, args.upload_ttl_s, args.drift_window),
         timeline_adapt=args.timeline_adapt,
+        live_max_duration_s=args.live_max_duration_s,
     )
     # launch_kwargs: the upload limit plus the middleware behind /metrics, /health, payload checks, upload deletion.
-    demo.launch(server_name=args.host, server_port=args.port, share=args.share, **launch_kwargs(demo.serving_state))
+    demo.launch(server_name=args.host, server_port=args.port, share=args.share, css=LIVE_CSS, **launch_kwargs(demo.serving_state))
 
 
 if __name__ == "__main__":

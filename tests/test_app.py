@@ -137,7 +137,8 @@ def test_build_demo_exposes_the_documented_predict_and_timeline_endpoints(classi
     assert [returned["component"] for returned in calibrated["returns"]] == ["Label", "Markdown", "Json", "Json"]
 
     labels = [block for block in demo.blocks.values() if isinstance(block, gr.Label)]
-    assert [label.num_top_classes for label in labels] == [len(classifier.labels)]
+    assert [label.num_top_classes for label in labels] == [len(classifier.labels)] * 2  # clips, and live mode's
+    assert [label.elem_id for label in labels] == [None, "live-bars"]
     audio = next(block for block in demo.blocks.values() if isinstance(block, gr.Audio))
     assert audio.type == "filepath"
     assert audio.sources == ["microphone", "upload"]

@@ -53,6 +53,13 @@ def launch(playwright, extra_args: list[str] = ()):
     return playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=[*BROWSER_ARGS, *extra_args])
 
 
+def open_app(page, url: str) -> None:
+    """Load the page until the app is drawn. Not "networkidle": the page keeps a connection open for
+    its session state (live mode's recording, the calibration), so the network never goes idle."""
+    page.goto(url, wait_until="load")
+    page.get_by_role("button", name="Submit", exact=True).wait_for(timeout=UI_TIMEOUT_MS)
+
+
 def read_bars(page) -> dict[str, float]:
     """Each class's bar in the gr.Label: its <meter value> (the exact probability the server sent)."""
     meters = page.locator("[data-testid$='-confidence-set'] meter")
@@ -82,7 +89,7 @@ def test_upload_submit_shows_every_class(playwright, ungated_server_url, referen
     browser = launch(playwright)
     try:
         page = browser.new_page(viewport={"width": 1280, "height": 900})
-        page.goto(ungated_server_url, wait_until="networkidle")
+        open_app(page, ungated_server_url)
         page.get_by_role("button", name="Upload file").click()
         page.locator("input[type=file]").set_input_files(str(clip))
         page.get_by_role("button", name="Submit", exact=True).click()
@@ -104,7 +111,7 @@ def test_clicking_an_example_runs_it(playwright, ungated_server_url, reference):
     browser = launch(playwright)
     try:
         page = browser.new_page(viewport={"width": 1280, "height": 900})
-        page.goto(ungated_server_url, wait_until="networkidle")
+        open_app(page, ungated_server_url)
         page.get_by_role("button", name=example.name).click()
         top, bars, _ = wait_for_result(page)
     finally:
@@ -122,7 +129,7 @@ def test_fake_microphone_recording_gets_a_prediction(playwright, ungated_server_
     )
     try:
         page = browser.new_page(viewport={"width": 1280, "height": 900})
-        page.goto(ungated_server_url, wait_until="networkidle")
+        open_app(page, ungated_server_url)
         # The microphone is the first source, so the recorder is what the page opens with.
         page.get_by_role("button", name="Record", exact=True).click()
         page.locator("button.stop-button").wait_for(timeout=UI_TIMEOUT_MS)

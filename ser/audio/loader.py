@@ -104,6 +104,42 @@ class DcBlocker:
         return filtered.astype(np.float32)
 
 
+class StreamingResampler:
+    """A live stream's slices (any integer or float dtype, mono or ``(n, channels)``, at ``source_rate``)
+    -> mono float32 at ``target_rate``, DC offset removed, as :func:`prepare_waveform` does for a
+    whole clip. The DC blocker and the resampler (soxr's streaming one) keep their state between
+    slices, so the slices' edges leave no clicks or gaps: the concatenated output equals the whole
+    clip's up to the resampler's delay of a few milliseconds, which :meth:`flush` returns at the end.
+    """
+
+    def __init__(self, source_rate: int, target_rate: int = TARGET_SAMPLE_RATE):
+        if source_rate <= 0:
+            raise AudioError(f"Invalid sample rate {source_rate} Hz.")
+        self.source_rate = int(source_rate)
+        self.target_rate = int(target_rate)
+        self._dc_blocker = DcBlocker(self.source_rate)
+        self._stream = (
+            None
+            if self.source_rate == self.target_rate
+            else soxr.ResampleStream(self.source_rate, self.target_rate, 1, dtype="float32", quality="HQ")
+        )
+
+    def __call__(self, samples: np.ndarray) -> np.ndarray:
+        mono = to_mono(to_float32(np.asarray(samples)))
+        if not np.all(np.isfinite(mono)):
+            raise InvalidSamplesError("The audio contains NaN or infinite sample values; send PCM or float audio in [-1, 1].")
+        centred = self._dc_blocker(mono)
+        if self._stream is None:
+            return np.ascontiguousarray(centred, dtype=np.float32)
+        return self._stream.resample_chunk(np.ascontiguousarray(centred, dtype=np.float32))
+
+    def flush(self) -> np.ndarray:
+        """The resampler's last samples (call once, at the end of the stream)."""
+        if self._stream is None:
+            return np.zeros(0, dtype=np.float32)
+        return self._stream.resample_chunk(np.zeros(0, dtype=np.float32), last=True)
+
+
 def remove_dc_offset(samples: np.ndarray, sample_rate: int) -> np.ndarray:
     """A whole clip through a fresh :class:`DcBlocker`."""
     return DcBlocker(sample_rate)(samples)

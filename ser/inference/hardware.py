@@ -189,3 +189,22 @@ def detect_hardware() -> Hardware:
         zero_gpu,
         cpuid_mask_level(),
     )
+
+
+def limit_numpy_blas_threads(limit: int = 1) -> list[dict]:
+    """Cap numpy's BLAS (OpenBLAS) thread pool at ``limit`` threads for the rest of the process.
+
+    A server runs the model right after small numpy work (the quality gate, resampling); an OpenBLAS
+    call with more than one thread leaves its worker threads spinning for a while after it returns,
+    on the cores the model then needs: the bundled model took twice as long inside the app as alone
+    on a 2-core machine (benchmarks/model_time.py). The model's own threads (PyTorch, ONNX Runtime)
+    are separate pools and keep their settings. Returns threadpoolctl's description of the pools.
+    """
+    import numpy  # noqa: F401  (loads numpy's BLAS so threadpoolctl can see it)
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    threadpool_limits(limits=limit, user_api="blas")
+
+    pools = [pool for pool in threadpool_info() if pool.get("user_api") == "blas"]
+    logger.info("numpy BLAS limited to %d thread(s): %s", limit, ", ".join(f"{p.get('internal_api')} {p.get('num_threads')}" for p in pools))
+    return pools

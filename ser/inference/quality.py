@@ -249,6 +249,13 @@ def get_speech_detector() -> SpeechDetector:
 
 
 # -- the gate -----------------------------------------------------------------------------------
+def sum_of_squares(samples: np.ndarray) -> float:
+    """``sum(x**2)`` in float64 without BLAS: ``np.dot`` would wake numpy's OpenBLAS thread pool,
+    whose threads then spin on the other cores while the model runs right after (that doubled the
+    app's model time on a 2-core machine; benchmarks/model_time.py)."""
+    return float(np.square(samples, dtype=np.float64).sum())
+
+
 def level_dbfs(sum_of_squares: float, num_samples: int) -> float:
     """RMS level in dB relative to full scale (1.0), floored so silence stays finite."""
     if num_samples == 0 or sum_of_squares <= 0:
@@ -324,7 +331,7 @@ def assess_quality(
     waveform = np.asarray(waveform, dtype=np.float32)
     duration_s = len(waveform) / sample_rate
     clipped_fraction = float(np.count_nonzero(np.abs(waveform) >= config.clip_level) / max(1, len(waveform)))
-    rms_dbfs = level_dbfs(float(np.dot(waveform.astype(np.float64), waveform)), len(waveform))
+    rms_dbfs = level_dbfs(sum_of_squares(waveform), len(waveform))
     speech_s: float | None = None
     segments: list[tuple[float, float]] = []
     # A clip refused for its length is not run through the VAD: that would cost time for nothing.

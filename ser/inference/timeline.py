@@ -51,6 +51,7 @@ from ser.inference.quality import (
     find_problems,
     get_speech_detector,
     level_dbfs,
+    sum_of_squares,
 )
 
 logger = logging.getLogger(__name__)
@@ -163,9 +164,9 @@ def _scan(
     progress: ProgressCallback | None,
 ) -> _ScanResult:
     stream = detector.stream()
-    probabilities, sum_of_squares, clipped = [], 0.0, 0
+    probabilities, energy, clipped = [], 0.0, 0
     for block in blocks:
-        sum_of_squares += float(np.dot(block.astype(np.float64), block))
+        energy += sum_of_squares(block)
         clipped += int(np.count_nonzero(np.abs(block) >= clip_level))
         probabilities.append(stream.feed(block))
         if progress is not None:
@@ -173,7 +174,7 @@ def _scan(
             fraction = _VAD_SHARE * min(1.0, done_s / total_s) if total_s else None
             progress(fraction, f"Finding speech: {done_s / 60:.1f} min scanned")
     probabilities.append(stream.finish())
-    return _ScanResult(np.concatenate(probabilities), stream.num_samples, sum_of_squares, clipped)
+    return _ScanResult(np.concatenate(probabilities), stream.num_samples, energy, clipped)
 
 
 def _cut_segments(

@@ -43,14 +43,18 @@ class Calibration:
     def calibrated(self) -> bool:
         return self.clips >= self.min_clips
 
+    def add(self, embedding: np.ndarray) -> "Calibration":
+        """This calibration with one more clip's utterance embedding (``embedding_shape``) counted."""
+        statistics = self.statistics or EmbeddingStatistics.empty(np.shape(embedding))
+        return Calibration(statistics.add_recent(np.asarray(embedding), self.capacity), self.min_clips, self.capacity)
+
     def classify(self, classifier, waveform: np.ndarray):
         """(prediction, the calibration with this clip added): calibrated once it holds ``min_clips``
         clips (this one included), else with the training statistics."""
         if not classifier.supports_adaptation:
             raise AdaptationUnsupportedError("This model cannot be calibrated to a voice: it has no utterance embedding with swappable statistics.")
         embedding = classifier.embed_batch([waveform])
-        statistics = self.statistics or EmbeddingStatistics.empty(embedding.shape[1:])
-        updated = Calibration(statistics.add_recent(embedding[0], self.capacity), self.min_clips, self.capacity)
+        updated = self.add(embedding[0])
         (prediction,) = classifier.classify_embeddings(embedding, [len(waveform)], updated.statistics if updated.calibrated else None)
         return prediction, updated
 
