@@ -1,6 +1,6 @@
 """The Gradio Space: record or upload speech, get a probability for each emotion (UI + API).
 
-    python app.py                          # bundled model (models/ser-ravdess), http://127.0.0.1:7860
+    python app.py                          # bundled model (models/ser-multicorpus), http://127.0.0.1:7860
     python app.py --model runs/my-model    # or SER_MODEL=... ; a local folder or a hub id
 
 The model is loaded and warmed up once, before the server starts; the handler only reads it.
@@ -106,7 +106,7 @@ LIVE_CSS = "#live-bars.live-stale, .live-stale #live-bars { opacity: 0.45; filte
 class AppArguments:
     model: str | None = field(
         default=None,
-        metadata={"help": "Model folder or hub id. Default: $SER_MODEL, else the bundled models/ser-ravdess."},
+        metadata={"help": "Model folder or hub id. Default: $SER_MODEL, else the bundled models/ser-multicorpus."},
     )
     backend: str | None = field(
         default=None,
