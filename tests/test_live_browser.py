@@ -95,8 +95,12 @@ def status(page) -> str:
 
 
 def live_bars(page) -> dict[str, float]:
-    meters = page.locator("#live-bars [data-testid$='-confidence-set'] meter")
-    return {meters.nth(index).get_attribute("aria-label"): float(meters.nth(index).get_attribute("value")) for index in range(meters.count())}
+    # One snapshot in the page: reading meter by meter could straddle a re-render and miss some.
+    pairs = page.evaluate(
+        """() => Array.from(document.querySelectorAll("#live-bars [data-testid$='-confidence-set'] meter"))
+                      .map(meter => [meter.getAttribute("aria-label"), parseFloat(meter.getAttribute("value"))])"""
+    )
+    return dict(pairs)
 
 
 def wait_for_result(page) -> str:
@@ -122,7 +126,8 @@ def test_angry_then_sad_moves_the_bars_and_stop_scores_the_whole(playwright, liv
         screenshot(page, "live_angry_then_sad.png")
     finally:
         browser.close()
-    voiced = [(t, bars) for t, text, bars, greyed in readings if "Live:" in text and bars and not greyed]
+    num_classes = max(len(bars) for _, _, bars, _ in readings)
+    voiced = [(t, bars) for t, text, bars, greyed in readings if "Live:" in text and len(bars) == num_classes and not greyed]
     distinct = {tuple(sorted(bars.items())) for _, bars in voiced}
     assert len(distinct) >= 6, f"the bars should move while the actor speaks: {readings}"
     # angry while the angry clips play, then sad gaining once the sad ones are well under way
