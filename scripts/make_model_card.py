@@ -162,6 +162,11 @@ def _setting(differences: Mapping) -> str:
     return json.dumps({key: value for key, value in differences.items() if key != "seed"}, sort_keys=True)
 
 
+def _settings(differences: Mapping) -> str:
+    """How a candidate differs from the shipped recipe, for a table cell."""
+    return ", ".join(f"`{key}={json.dumps(value)}` (shipped: `{json.dumps(current)}`)" for key, (value, current) in differences.items())
+
+
 #: The setting of the shipped recipe and of its seed-only re-runs.
 _SHIPPED_SETTING = _setting({})
 
@@ -185,7 +190,7 @@ def cv_table(candidates: list[tuple[str, dict, dict]], adapted: Mapping[str, dic
     for name, cv, differences in candidates:
         if not differences:
             shipped = name
-        settings = ", ".join(f"`{key}={json.dumps(value)}` (shipped: `{json.dumps(current)}`)" for key, (value, current) in differences.items())
+        settings = _settings(differences)
         if _is_seed_rerun(differences):
             settings += ": the shipped recipe re-run, not a candidate"
         folds = " / ".join(f"{fold['accuracy']:.3f}" for fold in cv["folds"])
@@ -267,10 +272,6 @@ def _optional_metrics(directory: Path) -> dict | None:
 
 def _mix_name(mix: str) -> str:
     return " + ".join(CORPUS_NAMES[corpus] for corpus in mix.split("+"))
-
-
-def _settings(differences: Mapping) -> str:
-    return ", ".join(f"`{key}={json.dumps(value)}` (shipped: `{json.dumps(current)}`)" for key, (value, current) in differences.items())
 
 
 def loco_table(candidates: list[tuple[str, dict, dict]], adapted: Mapping[str, dict]) -> tuple[list[str], str | None]:

@@ -48,6 +48,10 @@ class Calibration:
         statistics = self.statistics or EmbeddingStatistics.empty(np.shape(embedding))
         return Calibration(statistics.add_recent(np.asarray(embedding), self.capacity), self.min_clips, self.capacity)
 
+    def cleared(self) -> "Calibration":
+        """An empty calibration with the same settings (the page's reset)."""
+        return Calibration(None, self.min_clips, self.capacity)
+
     def classify(self, classifier, waveform: np.ndarray):
         """(prediction, the calibration with this clip added): calibrated once it holds ``min_clips``
         clips (this one included), else with the training statistics."""

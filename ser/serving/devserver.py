@@ -106,9 +106,8 @@ def ravdess_speech(
     the file name's last field): ``clips_per_emotion`` clips of each emotion in turn, resampled to
     ``sample_rate`` (what a browser microphone sends) and scaled to ``peak_dbfs``."""
     import numpy as np
-    import soundfile
 
-    from ser.audio.loader import resample, to_mono
+    from ser.audio.loader import load_audio
 
     pieces = []
     for emotion in emotions:
@@ -116,8 +115,7 @@ def ravdess_speech(
         if not paths:
             raise FileNotFoundError(f"No RAVDESS clips of actor {actor} in {Path(data_dir) / emotion}")
         for path in paths:
-            samples, rate = soundfile.read(str(path), dtype="float32", always_2d=True)
-            pieces.append(resample(to_mono(samples), rate, sample_rate))
+            pieces.append(load_audio(path, sample_rate))
     audio = np.concatenate(pieces)
     audio *= 10 ** (peak_dbfs / 20) / max(1e-9, float(np.abs(audio).max()))
     return np.round(audio * 32767).astype(np.int16)

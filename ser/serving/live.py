@@ -33,6 +33,7 @@ import html
 import logging
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
@@ -119,7 +120,7 @@ class LiveSession:
         self.calibration = Calibration()
         self.lock = threading.Lock()
         self._clear()
-        self.active = False
+        self.active = False  # the first slice starts a recording
 
     # -- recording ------------------------------------------------------------------------------
     def _reset_recording(self) -> None:
@@ -127,16 +128,16 @@ class LiveSession:
             # allocated per recording, freed at Stop: a closed tab's session may linger for an hour
             self.recording = np.zeros(self.capacity, dtype=np.float32)
         self._clear()
+        self.active = True
 
     def _clear(self) -> None:
         self.length = 0
         self.resampler: StreamingResampler | None = None
         self.smoothed: np.ndarray | None = None
         self.last_voiced_end = 0
-        self.strip: list[StripEntry] = []
+        self.strip: deque[StripEntry] = deque()
         self.fed_until = 0
         self.ended = False
-        self.active = True
 
     @property
     def seconds(self) -> float:
@@ -171,7 +172,7 @@ class LiveSession:
         return waveform
 
     def reset_calibration(self) -> None:
-        self.calibration = Calibration(None, self.calibration.min_clips, self.calibration.capacity)
+        self.calibration = self.calibration.cleared()
 
     # -- smoothing and the strip ----------------------------------------------------------------
     def smooth(self, probabilities: np.ndarray) -> np.ndarray:
@@ -241,7 +242,7 @@ def live_step(
         session.strip.append(StripEntry(session.seconds, answer.label, answer.confidence, answer.uncertain))
         horizon = session.seconds - config.strip_s
         while session.strip and session.strip[0].end_s < horizon:
-            session.strip.pop(0)
+            session.strip.popleft()
         seconds = session.seconds
     return LiveUpdate(
         "voiced", seconds, answer, calibrated=calibrate and calibration.calibrated and classifier.supports_adaptation,
