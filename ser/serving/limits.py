@@ -15,6 +15,8 @@ logger = logging.getLogger(__name__)
 
 # -- limits ------------------------------------------------------------------------------------
 
+#: Longer uploads are refused: the model only needs a few seconds of speech, and this bounds CPU per request.
+DEFAULT_MAX_DURATION_S = 60.0
 #: Enforced while the upload streams in (60 s of 48 kHz stereo float wav is ~23 MB).
 DEFAULT_MAX_UPLOAD_MB = 32.0
 #: Per request, from the handler's start: decode + quality gate + model. The timeline (long
