@@ -114,6 +114,25 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
     return exp / exp.sum(axis=-1, keepdims=True)
 
 
+def window_spans(num_samples: int, window_samples: int) -> list[tuple[int, int]]:
+    """``[start, end)`` sample spans that cover ``num_samples`` in windows of ``window_samples``; a
+    tail shorter than a quarter window is joined to the window before it rather than scored alone
+    (so no span is shorter than that, except a clip shorter than it, and none longer than 1.25 windows).
+
+    >>> window_spans(50, 20)
+    [(0, 20), (20, 40), (40, 50)]
+    >>> window_spans(44, 20)
+    [(0, 20), (20, 44)]
+    """
+    if num_samples <= 0 or window_samples <= 0:
+        raise ValueError(f"Need a positive length and window, got {num_samples} samples and a {window_samples}-sample window.")
+    spans = [(start, min(start + window_samples, num_samples)) for start in range(0, num_samples, window_samples)]
+    if len(spans) > 1 and spans[-1][1] - spans[-1][0] < window_samples // 4:
+        tail_end = spans.pop()[1]
+        spans[-1] = (spans[-1][0], tail_end)
+    return spans
+
+
 class EmotionClassifier:
     """A frozen audio-classification model with its feature extractor, served by one backend.
 
@@ -286,10 +305,7 @@ class EmotionClassifier:
         return np.concatenate([step(self.preprocess([waveform])) for waveform in waveforms])
 
     def _windowed(self, waveform: np.ndarray, window: int, step) -> np.ndarray:
-        pieces = [waveform[start : start + window] for start in range(0, len(waveform), window)]
-        # A short tail is merged into the previous window rather than scored on its own.
-        if len(pieces) > 1 and len(pieces[-1]) < window // 4:
-            pieces[-2] = np.concatenate([pieces[-2], pieces.pop()])
+        pieces = [waveform[start:end] for start, end in window_spans(len(waveform), window)]
         weights = np.array([len(piece) for piece in pieces], dtype=np.float64)
         rows = np.concatenate([step(self.preprocess([piece])) for piece in pieces]).astype(np.float64)
         return np.tensordot(weights, rows, axes=1) / weights.sum()
