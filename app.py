@@ -49,8 +49,8 @@ from ser.serving.limits import (
     ServingConfig,
     env_default,
 )
-from ser.serving.live import LiveConfig
-from ser.serving.live_panel import LIVE_CSS, build_live_mode
+from ser.serving.live import LIVE_CONCURRENCY_LIMIT, LiveConfig, LiveSessions
+from ser.serving.live_panel import LiveHandlers, build_live_mode
 from ser.serving.middleware import create_serving, launch_kwargs
 from ser.serving.monitoring import DEFAULT_DRIFT_WINDOW
 from ser.serving.timeline_panel import TIMELINE_API_NAME, build_timeline_panel  # noqa: F401
@@ -186,12 +186,14 @@ def build_demo(
         max_duration_s=float(live_max_duration_s or max_duration_s or DEFAULT_MAX_DURATION_S),
         confidence_threshold=confidence_threshold,
     )
+    live_sessions = LiveSessions(live_config, LIVE_CONCURRENCY_LIMIT)
     examples = example_paths()
     serving_state, guard = create_serving(
         classifier, serving or ServingConfig(), confidence_threshold, concurrency_limit, user_errors=(gr.Error,),
-        example_files=examples,
+        example_files=examples, live_sessions=live_sessions,
     )
     label_files = LabelFiles()
+    live = LiveHandlers(classifier, guard, serving_state.metrics, live_sessions, label_files, quality, timeline_config)
 
     labels = ", ".join(classifier.labels)
     with gr.Blocks(title="Speech emotion recognition") as demo:
@@ -206,7 +208,7 @@ def build_demo(
             classifier, guard, label_files, max_duration_s, quality, confidence_threshold,
             examples, "Examples (synthetic speech, espeak-ng)",
         )
-        build_live_mode(classifier, guard, label_files, live_config, quality, timeline_config)
+        build_live_mode(demo, live)
         build_timeline_panel(classifier, guard, timeline_config)
         gr.Markdown(f"Model: `{model_display_name(classifier.name)}`")
     demo.queue(default_concurrency_limit=concurrency_limit, max_size=max_queue_size)
@@ -251,7 +253,7 @@ def main() -> None:
         live_max_duration_s=args.live_max_duration_s,
     )
     # launch_kwargs: the upload limit plus the middleware behind /metrics, /health, payload checks, upload deletion.
-    demo.launch(server_name=args.host, server_port=args.port, share=args.share, css=LIVE_CSS, **launch_kwargs(demo.serving_state))
+    demo.launch(server_name=args.host, server_port=args.port, share=args.share, **launch_kwargs(demo.serving_state))
 
 
 if __name__ == "__main__":

@@ -148,3 +148,65 @@ def test_fake_microphone_recording_gets_a_prediction(playwright, ungated_server_
     assert top == max(bars, key=bars.get)
     recorded_s = float(re.match(r"Clip length ([0-9.]+) s", info).group(1))
     assert recorded_s > 0.5
+
+
+def stale_bars_opacity(playwright, url: str) -> float:
+    """Live mode's bars as the page draws them while the VAD hears no speech (class ``live-stale``)."""
+    browser = launch(playwright)
+    try:
+        page = browser.new_page()
+        open_app(page, url)
+        page.get_by_text("Live mode: the bars move while you speak").click()
+        page.locator("#live-bars").wait_for(timeout=UI_TIMEOUT_MS)
+        return float(
+            page.evaluate(
+                """() => { const bars = document.querySelector('#live-bars'); bars.classList.add('live-stale');
+                           bars.style.transition = 'none'; return getComputedStyle(bars).opacity; }"""
+            )
+        )
+    finally:
+        browser.close()
+
+
+@pytest.fixture(scope="module")
+def gradio_reload_url(tiny_cnn_dir, tmp_path_factory):
+    """``gradio app.py``: the reload mode people develop Spaces with (no ``main()``, no launch arguments)."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    import requests
+
+    from ser.serving.devserver import free_port
+
+    port = free_port()
+    log_path = tmp_path_factory.mktemp("gradio_reload") / "app.log"
+    env = {**os.environ, "SER_MODEL": str(tiny_cnn_dir), "GRADIO_SERVER_PORT": str(port), "GRADIO_SERVER_NAME": "127.0.0.1",
+           "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1"}
+    gradio_cli = Path(sys.executable).with_name("gradio")
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen([str(gradio_cli), "app.py"], cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while True:
+            assert process.poll() is None, log_path.read_text(errors="replace")
+            try:
+                if requests.get(f"http://127.0.0.1:{port}/gradio_api/info", timeout=5).status_code == 200:
+                    break
+            except requests.ConnectionError:
+                pass
+            assert time.monotonic() < deadline, log_path.read_text(errors="replace")
+            time.sleep(0.5)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        os.killpg(process.pid, 15)
+        process.wait(timeout=30)
+
+
+def test_silent_live_bars_are_greyed_under_python_app_py(playwright, ungated_server_url):
+    assert stale_bars_opacity(playwright, ungated_server_url) == pytest.approx(0.45)
+
+
+def test_silent_live_bars_are_greyed_under_gradio_reload_mode(playwright, gradio_reload_url):
+    assert stale_bars_opacity(playwright, gradio_reload_url) == pytest.approx(0.45)

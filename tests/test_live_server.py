@@ -66,7 +66,7 @@ def test_time_limit_ends_the_recording_with_a_message(tiny_whisper_ser_dir, spee
         messages = statuses(client)
         limit = [index for index, status in enumerate(messages) if status.startswith("**Time limit reached**")]
         assert len(limit) == 1 and limit[0] == len(messages) - 1, messages  # later slices are ignored
-        signal = [outputs[5] for _, outputs in client.updates if isinstance(outputs[5], (int, float))]
+        signal = [outputs[4] for _, outputs in client.updates if isinstance(outputs[4], (int, float))]
         assert len(signal) == 1, "the page is told once to press Stop"
         stop = client.stop()
         assert "Whole recording (2.0 s)" in stop["output"]["data"][0]

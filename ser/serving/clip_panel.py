@@ -30,6 +30,7 @@ from ser.serving.calibration import Calibration, CalibrationError
 from ser.serving.display import LabelFiles, api_payload, format_info, format_uncertainty, label_value, model_display_name
 from ser.serving.guard import RequestGuard
 from ser.serving.limits import DEFAULT_MAX_DURATION_S, ServingError
+from ser.serving.ui_errors import user_error
 
 logger = logging.getLogger(__name__)
 
@@ -68,7 +69,7 @@ def answer_clip_calibrated(
     off) the clip is added to it (only once it passed the gate) and classified with it once it holds
     enough clips. Returns the updated calibration too (``None`` when off)."""
     if not audio_path:
-        raise gr.Error(f"No audio received. Record with the microphone or upload a file ({ACCEPTED_FORMATS}).")
+        raise user_error(f"No audio received. Record with the microphone or upload a file ({ACCEPTED_FORMATS}).")
     started = time.perf_counter()
     report = None
     try:
@@ -82,10 +83,9 @@ def answer_clip_calibrated(
         else:
             prediction, calibration = calibration.classify(classifier, waveform)
     except AudioError as error:
-        logger.info("Rejected %s: %s", Path(audio_path).name, error)
-        raise gr.Error(str(error)) from error
+        raise user_error(str(error)) from error
     except AdaptationUnsupportedError as error:
-        raise gr.Error(f"Calibration is not available: {error}") from error
+        raise user_error(f"Calibration is not available: {error}") from error
     model_s = time.perf_counter() - checked
     answer = decide(prediction.probabilities, confidence_threshold)
     logger.info("%s: %s (%.2f%s) in %.0f ms", Path(audio_path).name, answer.label, answer.confidence,
@@ -137,7 +137,7 @@ def build_clip_panel(
         try:
             return guard.run(audio, lambda: answer_request(audio), lambda result: result[2]["probabilities"])
         except ServingError as error:
-            raise gr.Error(str(error)) from error
+            raise user_error(str(error)) from error
 
     can_calibrate = classifier.supports_adaptation
 
@@ -150,7 +150,7 @@ def build_clip_panel(
         try:
             return guard.run(audio, lambda: calibrated_request(audio, make_calibration()), lambda result: result[2]["probabilities"])
         except ServingError as error:
-            raise gr.Error(str(error)) from error
+            raise user_error(str(error)) from error
 
     def predict_calibrated(audio: str | None, calibration: dict | None) -> tuple[dict[str, float] | str, str, dict, dict | None]:
         """Classify a speech clip calibrated to the caller's voice. Send the calibration returned by your previous
@@ -163,7 +163,7 @@ def build_clip_panel(
             try:
                 return Calibration.from_dict(calibration, classifier.embedding_shape)
             except CalibrationError as error:
-                raise gr.Error(str(error)) from error
+                raise user_error(str(error)) from error
 
         label_out, info_out, payload, updated = run_calibrated(audio, parsed)
         return label_out, info_out, payload, updated.to_dict()

@@ -195,7 +195,7 @@ class LiveStreamClient:
 
     def send(self, pcm: np.ndarray, sample_rate: int) -> None:
         """One slice, as the page sends it every ``stream_every`` seconds."""
-        data = [self.upload(pcm, sample_rate), None, self.calibrate]
+        data = [self.upload(pcm, sample_rate), self.calibrate]
         self.sent += 1
         if self.event_id is None:
             self.event_id = self._join(self.stream_fn, data)
@@ -210,7 +210,7 @@ class LiveStreamClient:
             time.sleep(0.05)
         if self.event_id is not None:
             self._http.post(f"{self.url}/gradio_api/stream/{self.event_id}/close", timeout=self.timeout_s)
-        stop_id = self._join(self.stop_fn, [None, self.calibrate])
+        stop_id = self._join(self.stop_fn, [self.calibrate])
         deadline = time.monotonic() + self.timeout_s
         while stop_id not in self.completed:
             if time.monotonic() > deadline:
@@ -223,6 +223,30 @@ class LiveStreamClient:
                     self._listener.start()
             time.sleep(0.05)
         return self.completed[stop_id]
+
+    def open_heartbeat(self) -> None:
+        """Hold the page's heartbeat connection (``/gradio_api/heartbeat/<session>``), as an open tab does;
+        :meth:`drop` closes it as a closed tab or a lost connection would."""
+        import threading
+
+        self._heartbeat = self._http.get(f"{self.url}/gradio_api/heartbeat/{self.session_hash}", stream=True, timeout=self.timeout_s)
+
+        def read() -> None:
+            try:
+                for _ in self._heartbeat.iter_lines():
+                    pass
+            except (requests.RequestException, AttributeError, ValueError):
+                pass  # closed by drop(): that is the point
+
+        self._heartbeat_reader = threading.Thread(target=read, daemon=True)
+        self._heartbeat_reader.start()
+
+    def drop(self) -> None:
+        """Go away without Stop: close the heartbeat (the server then runs the page's unload) and the stream."""
+        heartbeat = getattr(self, "_heartbeat", None)
+        if heartbeat is not None:
+            heartbeat.close()
+        self._http.close()
 
     def play(self, pcm: np.ndarray, sample_rate: int, every_s: float = 0.5, stop_when=None) -> None:
         """Send ``pcm`` in real time, one slice every ``every_s``; ``stop_when(client)`` true ends early."""

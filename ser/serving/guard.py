@@ -1,4 +1,5 @@
-"""The handler guard: a timeout, outcome metrics, and deleting the request's uploads."""
+"""The handler guard: a timeout, outcome metrics, one log line per refusal (a traceback only for
+real server errors), and deleting the request's uploads."""
 
 from __future__ import annotations
 
@@ -7,11 +8,12 @@ import contextlib
 import logging
 import re
 import time
+import uuid
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import TypeVar
 
-from ser.serving.limits import RequestTimeoutError, UploadGoneError
+from ser.serving.limits import RequestTimeoutError, ServerError, ServingError, UploadGoneError
 from ser.serving.monitoring import AppMetrics
 from ser.serving.uploads import UploadRegistry
 
@@ -77,12 +79,11 @@ class RequestGuard:
             raise RequestTimeoutError(
                 f"No answer within the {self.timeout_s:g} s request time limit (--request_timeout_s); try a shorter clip or again later."
             ) from None
-        except self.user_errors as error:
-            self.metrics.observe_failure("rejected_input", time.perf_counter() - started, reason=rejection_reason(error))
-            raise
-        except Exception:
-            self.metrics.observe_failure("error", time.perf_counter() - started)
-            raise
+        except BaseException as error:
+            outcome = self._outcome_of(error, audio_path, time.perf_counter() - started)
+            if outcome is error:
+                raise
+            raise outcome from error
         finally:
             # Deleted before the answer leaves (so nothing is left once a client has it), except after a
             # timeout: then when the work really stops, never while it may still read the file.
@@ -93,12 +94,42 @@ class RequestGuard:
         self.metrics.observe_answer(probabilities(result), time.perf_counter() - started)
         return result
 
+    def _outcome_of(self, error: BaseException, audio_path: str | None, elapsed_s: float) -> BaseException:
+        """Count and log a failed request; returns what to raise: the refusal itself (one log line, no
+        traceback: the user's input was refused as designed), or a :class:`ServerError` for anything
+        else (logged with its traceback and a reference the user can quote)."""
+        name = Path(audio_path).name if audio_path else "request"
+        if isinstance(error, self.user_errors) or isinstance(error, ServingError):
+            reason = rejection_reason(error)
+            self.metrics.observe_failure("rejected_input", elapsed_s, reason=reason)
+            logger.info("Refused %s (%s): %s", name, reason, _message_of(error))
+            return error
+        if not isinstance(error, Exception):  # KeyboardInterrupt, SystemExit: not ours to turn into an answer
+            return error
+        reference = uuid.uuid4().hex[:8]
+        self.metrics.observe_failure("error", elapsed_s)
+        logger.error("Server error %s on %s", reference, name, exc_info=error)
+        return ServerError(reference)
+
     @contextlib.contextmanager
-    def releasing(self, audio_path: str | None) -> Iterator[None]:
-        """Delete the request's upload when the block ends (handlers that run without :meth:`run`)."""
+    def handling(self, audio_path: str | None, owner: str | None = None) -> Iterator[None]:
+        """For handlers that run without :meth:`run` (the timeline, live mode): the same refusal
+        logging, metrics and server-error reference, and the upload deleted when the block ends
+        (``owner``: the browser session that claimed it, for a live slice)."""
+        started = time.perf_counter()
         try:
             yield
+        except BaseException as error:
+            outcome = self._outcome_of(error, audio_path, time.perf_counter() - started)
+            if outcome is error:
+                raise
+            raise outcome from error
         finally:
-            self.uploads.release(audio_path)
+            self.uploads.release(audio_path, owner)
+
+
+def _message_of(error: BaseException) -> str:
+    """A refusal's message (``gr.Error`` keeps it in ``.message``, not in ``str()``'s quotes)."""
+    return str(getattr(error, "message", None) or error)
 
 

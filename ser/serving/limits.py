@@ -49,6 +49,18 @@ class UploadGoneError(ServingError):
     """The request names an uploaded file that has already been deleted."""
 
 
+class ServerError(ServingError):
+    """Something broke on the server's side (not the request's fault); logged with its traceback
+    under ``reference``, which the message gives the user to report."""
+
+    def __init__(self, reference: str):
+        self.reference = reference
+        super().__init__(
+            f"Something went wrong on the server's side (reference {reference}), not with your audio. "
+            "It was logged; please try again, and quote the reference if it keeps happening."
+        )
+
+
 def env_default(flag: str, default: float | int) -> Callable[[], Any]:
     """``default_factory`` for a limit flag: ``$SER_<FLAG>`` when set, else ``default`` (same type)."""
     variable = ENV_VARS[flag]

@@ -44,6 +44,9 @@ from ser.serving.calibration import Calibration
 
 logger = logging.getLogger(__name__)
 
+#: Live sessions streaming at once. Each holds one slot of its own queue ("live") while it records;
+#: four fit two cores with room to spare (docs/serving.md, "Live mode"); a fifth waits in the queue.
+LIVE_CONCURRENCY_LIMIT = 4
 #: How often the browser sends a slice (Gradio's ``stream_every``): two updates a second, so the
 #: bars move within half a second of a change, at a server cost (~40-50 ms per voiced update on two
 #: cores) that leaves room for several sessions.
@@ -164,12 +167,27 @@ class LiveSession:
         return self.recording[max(0, self.length - int(self.config.window_s * self.config.sample_rate)) : self.length]
 
     def take_recording(self) -> np.ndarray:
-        """The whole recording (a copy) for Stop; the next slice starts a new one. The calibration stays."""
+        """The whole recording (a copy) for Stop, and the buffer freed; the next slice starts a new
+        one. The calibration stays. A second Stop gets an empty recording."""
         waveform = self.recording[: self.length].copy()
         self.recording = np.zeros(0, dtype=np.float32)
+        self.length = 0
         self.active = False
         self.ended = True
         return waveform
+
+    def release(self) -> None:
+        """Free the recording buffer without scoring it (the session ended: tab closed, connection
+        lost, or a Stop that failed); the next slice, if any, starts a new recording."""
+        with self.lock:
+            self.recording = np.zeros(0, dtype=np.float32)
+            self._clear()
+            self.active = False
+
+    @property
+    def recording_now(self) -> bool:
+        """Whether a recording buffer is held: from the first slice to Stop, the limit's Stop or release."""
+        return len(self.recording) > 0
 
     def reset_calibration(self) -> None:
         self.calibration = self.calibration.cleared()
@@ -184,6 +202,45 @@ class LiveSession:
             self.smoothed = weight * np.asarray(probabilities, dtype=np.float64) + (1 - weight) * self.smoothed
         self.last_voiced_end = self.length
         return self.smoothed
+
+
+class LiveSessions:
+    """The live sessions of one app, by browser session (Gradio's session hash), held here rather than
+    in a ``gr.State`` so that the app can free a session whose tab was closed or whose connection
+    dropped (Gradio keeps a closed tab's state for an hour) and can count them for ``/health`` and
+    ``/metrics``. ``limit``: how many may record at once (the stream's concurrency limit)."""
+
+    def __init__(self, config: LiveConfig, limit: int):
+        self.config = config
+        self.limit = limit
+        self._sessions: dict[str, LiveSession] = {}
+        self._lock = threading.Lock()
+
+    def get(self, key: str) -> LiveSession:
+        """The session of browser session ``key``, created on first use."""
+        with self._lock:
+            session = self._sessions.get(key)
+            if session is None:
+                session = self._sessions[key] = LiveSession(self.config)
+            return session
+
+    def close(self, key: str) -> bool:
+        """Forget ``key``'s session and free its buffer (its calibration goes with it); whether it existed."""
+        with self._lock:
+            session = self._sessions.pop(key, None)
+        if session is not None:
+            session.release()
+        return session is not None
+
+    def recording(self) -> int:
+        """Sessions holding a recording now."""
+        with self._lock:
+            sessions = list(self._sessions.values())
+        return sum(session.recording_now for session in sessions)
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._sessions)
 
 
 def voiced_fraction(speech_probabilities: np.ndarray, newest_samples: int, frame_samples: int, threshold: float) -> float:

@@ -31,13 +31,14 @@ from typing import Any
 
 from ser.serving.guard import RequestGuard
 from ser.serving.limits import ServingConfig, upload_limit_bytes
+from ser.serving.live import LiveSessions
 from ser.serving.monitoring import (
     METRICS_CONTENT_TYPE,
     AppMetrics,
     Readiness,
     load_class_prior,
 )
-from ser.serving.payload import Endpoint, Refusal, check_body, endpoints_of
+from ser.serving.payload import Endpoint, Refusal, check_body, endpoints_of, live_slices
 from ser.serving.uploads import UploadRegistry
 
 logger = logging.getLogger(__name__)
@@ -45,7 +46,7 @@ logger = logging.getLogger(__name__)
 
 # -- the ASGI middleware -----------------------------------------------------------------------
 
-_PREDICT_ROUTE = re.compile(r"/gradio_api/(?:queue/join|(call|run|api)/([^/]+)|call/v2/([^/]+))/?$")
+_PREDICT_ROUTE = re.compile(r"/gradio_api/(?:queue/join|(call|run|api)/([^/]+)|call/v2/([^/]+)|stream/(?!.*/close)[^/]+)/?$")
 _UPLOAD_ROUTE = re.compile(r"/gradio_api/upload/?$")
 #: Multipart framing around a file; a body larger than the limit plus this cannot hold an allowed file.
 _MULTIPART_SLACK_BYTES = 64 * 1024
@@ -61,6 +62,7 @@ class ServingState:
     uploads: UploadRegistry
     readiness: Readiness
     max_upload_mb: float
+    live_sessions: LiveSessions | None = None
     blocks: Any = None
     _endpoints: tuple[dict, dict] | None = field(default=None, repr=False)
 
@@ -143,9 +145,12 @@ class ServingMiddleware:
             # Like Gradio: a body's fn_index wins over the route's name (the UI posts example
             # clicks to /run/predict with the examples handler's fn_index).
             api_name = None
-        refusal = check_body(body, self.state.endpoint(fn_index, api_name), self.state.uploads, data_key=not is_v2)
+        endpoint = self.state.endpoint(fn_index, api_name)
+        refusal = check_body(body, endpoint, self.state.uploads, data_key=not is_v2)
         if refusal is not None:
             return await self._refuse(send, refusal)
+        if (slices := live_slices(body, endpoint)) is not None:
+            self.state.uploads.claim(*slices)
         replayed = False
 
         async def replay():
@@ -210,10 +215,13 @@ def create_serving(
     concurrency_limit: int,
     user_errors: tuple[type[BaseException], ...] = (),
     example_files: Iterable[str | Path] = (),
+    live_sessions: LiveSessions | None = None,
 ) -> tuple[ServingState, RequestGuard]:
     """The per-app serving state (private metrics registry, upload registry, readiness) and guard.
 
     ``example_files``: the app's example clips; uploads identical to one are never deleted.
+
+    ``live_sessions``: live mode's sessions, counted in ``/metrics`` and ``/health``.
 
     ``classifier`` is already loaded and warmed up, so the app reports ready from here on.
     """
@@ -231,7 +239,10 @@ def create_serving(
         classifier.backend,
         choice.to_dict() if choice is not None else None,
     )
-    state = ServingState(metrics, uploads, readiness, config.max_upload_mb)
+    if live_sessions is not None:
+        metrics.track_live_sessions(live_sessions.recording, live_sessions.__len__)
+        readiness.live_sessions = lambda: {"recording": live_sessions.recording(), "limit": live_sessions.limit}
+    state = ServingState(metrics, uploads, readiness, config.max_upload_mb, live_sessions)
     guard = RequestGuard(metrics, uploads, config.request_timeout_s, concurrency_limit, user_errors)
     return state, guard
 

@@ -10,6 +10,12 @@ Every app instance owns a private :class:`prometheus_client.CollectorRegistry`, 
   ``histogram_quantile``).
 * ``ser_predictions_total{label}``, ``ser_low_confidence_total`` (top probability below the
   confidence threshold), ``ser_rejected_inputs_total{reason}``.
+* Live mode: ``ser_live_sessions_recording`` (sessions holding a recording now) and
+  ``ser_live_sessions_open`` (sessions known, recording or keeping a calibration), gauges read at
+  scrape time; ``ser_live_updates_total{kind}`` (``voiced`` / ``listening`` / ``limit`` / ``refused``)
+  and ``ser_live_update_seconds`` (server time per update, a histogram);
+  ``ser_live_recordings_ended_total{how}`` (``stop`` / ``stop_failed`` / ``closed``: tab closed or
+  connection lost).
 * ``ser_prediction_drift_kl``: KL divergence (nats) between the predicted-class mix of the last N
   answers and the training class prior read from the model folder's ``split.json`` (train split
   label counts, written by train.py); a uniform prior when the file is absent (the metric's help
@@ -23,7 +29,7 @@ import json
 import logging
 import math
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,6 +53,12 @@ DRIFT_SMOOTHING = 1e-3
 LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 
 OUTCOMES = ("answered", "rejected_input", "refused", "timeout", "error")
+#: What one live update did (``ser.serving.live.LiveUpdate.kind``, and ``refused`` for an unusable slice).
+LIVE_UPDATE_KINDS = ("voiced", "listening", "limit", "refused")
+#: How a live recording ended.
+LIVE_ENDINGS = ("stop", "stop_failed", "closed")
+#: Seconds per live update: a few ms (listening) to a second (a busy machine).
+LIVE_UPDATE_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5)
 METRICS_CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 
@@ -145,6 +157,36 @@ class AppMetrics:
         self.prior_gauge = Gauge("ser_class_prior", f"Class prior used for drift ({prior.source}).", ["label"], registry=self.registry)
         for label, share in prior.probabilities.items():
             self.prior_gauge.labels(label=label).set(share)
+        self.live_recording = Gauge("ser_live_sessions_recording", "Live sessions holding a recording now.", registry=self.registry)
+        self.live_open = Gauge(
+            "ser_live_sessions_open", "Live sessions known to the server (recording, or keeping a calibration).", registry=self.registry
+        )
+        self.live_updates = Counter("ser_live_updates", "Live updates served, by kind.", ["kind"], registry=self.registry)
+        for kind in LIVE_UPDATE_KINDS:
+            self.live_updates.labels(kind=kind)
+        self.live_update_latency = Histogram(
+            "ser_live_update_seconds", "Server time per live update (append, VAD, model), seconds.",
+            buckets=LIVE_UPDATE_BUCKETS_S, registry=self.registry,
+        )
+        self.live_endings = Counter("ser_live_recordings_ended", "Live recordings ended, by how.", ["how"], registry=self.registry)
+        for how in LIVE_ENDINGS:
+            self.live_endings.labels(how=how)
+
+    def track_live_sessions(self, recording: Callable[[], int], known: Callable[[], int]) -> None:
+        """Read the live session counts at every scrape (``ser.serving.live.LiveSessions``)."""
+        self.live_recording.set_function(recording)
+        self.live_open.set_function(known)
+
+    def observe_live_update(self, kind: str, server_s: float) -> None:
+        if kind not in LIVE_UPDATE_KINDS:
+            raise ValueError(f"Unknown live update kind {kind!r}; expected one of {LIVE_UPDATE_KINDS}.")
+        self.live_updates.labels(kind=kind).inc()
+        self.live_update_latency.observe(server_s)
+
+    def observe_live_end(self, how: str) -> None:
+        if how not in LIVE_ENDINGS:
+            raise ValueError(f"Unknown live ending {how!r}; expected one of {LIVE_ENDINGS}.")
+        self.live_endings.labels(how=how).inc()
 
     def observe_answer(self, probabilities: Mapping[str, float], latency_s: float) -> None:
         top_label = max(probabilities, key=probabilities.get)
@@ -184,6 +226,9 @@ class AppMetrics:
 class Readiness:
     """What ``GET /health`` reports: 503 until the model is loaded and warmed up, then 200.
 
+    ``live_sessions`` (once live mode is wired): ``{"recording": sessions recording now, "limit":
+    how many may record at once}``.
+
     With a backend choice (:meth:`ser.inference.backends.BackendChoice.to_dict`) the body also says why that
     backend serves: ``backend_reason``, ``backend_automatic``, ``hardware`` (CPU model, PyTorch's
     kernel level, bf16 / VNNI / AMX, the GPU), ``backend_timings_ms`` (the candidates timed on the
@@ -194,6 +239,8 @@ class Readiness:
     backend: str | None = None
     ready: bool = False
     backend_choice: dict | None = None
+    #: ``() -> {"recording": n, "limit": m}``: live mode's sessions, reported as ``live_sessions``.
+    live_sessions: Callable[[], dict] | None = None
 
     def mark_ready(self, model: str, backend: str, backend_choice: Mapping | None = None) -> None:
         self.model, self.backend, self.ready = model, backend, True
@@ -211,4 +258,6 @@ class Readiness:
                 backend_timings_ms=self.backend_choice.get("timings_ms", {}),
                 backend_excluded=self.backend_choice.get("excluded", {}),
             )
+        if self.live_sessions is not None:
+            body["live_sessions"] = self.live_sessions()
         return body

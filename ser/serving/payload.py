@@ -66,6 +66,8 @@ class Endpoint:
 
     num_inputs: int
     file_inputs: frozenset[int]
+    #: A microphone stream's handler: its file inputs are live slices (``UploadRegistry.claim``).
+    streaming: bool = False
 
 
 def endpoints_of(blocks) -> tuple[dict[int, Endpoint], dict[str, Endpoint]]:
@@ -80,11 +82,26 @@ def endpoints_of(blocks) -> tuple[dict[int, Endpoint], dict[str, Endpoint]]:
             for position, component in enumerate(fn.inputs)
             if isinstance(getattr(component, "data_model", None), type) and issubclass(component.data_model, FileData)
         )
-        endpoint = Endpoint(len(fn.inputs), file_inputs)
+        streaming = any(target[1] == "stream" for target in getattr(fn, "targets", ()) or ())
+        endpoint = Endpoint(len(fn.inputs), file_inputs, streaming)
         by_index[index] = endpoint
         if isinstance(fn.api_name, str) and fn.api_name:
             by_name[fn.api_name] = endpoint
     return by_index, by_name
+
+
+def live_slices(body: bytes, endpoint: Endpoint | None) -> tuple[str, list[str]] | None:
+    """(browser session, uploaded paths) of a microphone stream's slice body, else ``None``."""
+    if endpoint is None or not endpoint.streaming:
+        return None
+    try:
+        payload = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    session = payload.get("session_hash") if isinstance(payload, dict) else None
+    if not isinstance(session, str) or not session:
+        return None
+    return session, [item["path"] for item in _file_objects(payload.get("data")) if isinstance(item.get("path"), str)]
 
 
 def check_body(body: bytes, endpoint: Endpoint | None, uploads: UploadRegistry, data_key: bool = True) -> Refusal | None:

@@ -20,6 +20,8 @@ from ser.inference.timeline import (
     timeline_table,
 )
 from ser.serving.guard import RequestGuard
+from ser.serving.limits import ServingError
+from ser.serving.ui_errors import user_error
 
 logger = logging.getLogger(__name__)
 
@@ -45,13 +47,12 @@ def build_timeline_records(
 ) -> Timeline:
     """Long recording -> timeline; audio problems become ``gr.Error`` (the UI edge)."""
     if not audio_path:
-        raise gr.Error(f"No audio received. Upload a recording ({ACCEPTED_FORMATS}).")
+        raise user_error(f"No audio received. Upload a recording ({ACCEPTED_FORMATS}).")
     started = time.perf_counter()
     try:
         timeline = timeline_for_file(classifier, audio_path, config, progress=progress)
     except AudioError as error:
-        logger.info("Rejected %s for the timeline: %s", Path(audio_path).name, error)
-        raise gr.Error(str(error)) from error
+        raise user_error(str(error)) from error
     logger.info("%s: timeline of %d segments in %.1f s", Path(audio_path).name, len(timeline.segments), time.perf_counter() - started)
     return timeline
 
@@ -60,20 +61,22 @@ def build_timeline_panel(classifier: EmotionClassifier, guard: RequestGuard, tim
     """The panel's components and events, inside the caller's ``gr.Blocks``."""
     confidence_threshold = timeline_config.confidence_threshold
 
+    def timeline_of(audio: str | None, progress: gr.Progress) -> Timeline:
+        try:
+            with guard.handling(audio):
+                return build_timeline_records(
+                    classifier, audio, timeline_config, progress=lambda fraction, text: progress(fraction, desc=text)
+                )
+        except ServingError as error:
+            raise user_error(str(error)) from error
+
     def timeline(audio: str | None, progress=gr.Progress()) -> list[dict]:
         """Emotion timeline of a long recording: [{start_s, end_s, label, confidence, uncertain, probabilities}] per speech segment."""
-        with guard.releasing(audio):
-            result = build_timeline_records(
-                classifier, audio, timeline_config, progress=lambda fraction, text: progress(fraction, desc=text)
-            )
-        return result.records()
+        return timeline_of(audio, progress).records()
 
     def show_timeline(audio: str | None, progress=gr.Progress()):
         # The page's own event: plot, table, summary and the same JSON the API returns, from one pass.
-        with guard.releasing(audio):
-            result = build_timeline_records(
-                classifier, audio, timeline_config, progress=lambda fraction, text: progress(fraction, desc=text)
-            )
+        result = timeline_of(audio, progress)
         return timeline_figure(result, classifier.labels), timeline_table(result), timeline_summary(result), result.records()
 
     with gr.Accordion("Long recording: emotion timeline", open=False):

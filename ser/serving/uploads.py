@@ -44,6 +44,8 @@ class UploadRegistry:
         self.ttl_s = ttl_s
         self._keep = {(Path(path).name, _sha256(Path(path))) for path in keep_files}
         self._pending: dict[str, _Pending] = {}
+        #: Live-mode slices by browser session: owner -> {path key: (uses claimed, when first claimed)}.
+        self._claims: dict[str, dict[str, tuple[int, float]]] = {}
         self._lock = threading.Lock()
         self._sweeper: threading.Thread | None = None
         self.deleted = 0
@@ -65,12 +67,43 @@ class UploadRegistry:
                 entry.uses += 1
                 entry.uploaded_at = now
 
-    def release(self, path: str | Path | None) -> bool:
-        """One request that used ``path`` is done; delete the file when no other upload of it is pending."""
+    def claim(self, owner: str, paths: Iterable[str]) -> None:
+        """Live-mode slices sent by browser session ``owner``. Gradio keeps only the newest slice of a
+        stream that is waiting for its handler, so a slice can be uploaded and never read: whatever
+        ``owner`` still has unread when its recording ends is deleted by :meth:`release_claims`."""
+        now = time.monotonic()
+        with self._lock:
+            claims = self._claims.setdefault(owner, {})
+            for path in paths:
+                key = str(Path(path).resolve())
+                uses, since = claims.get(key, (0, now))
+                claims[key] = (uses + 1, since)
+
+    def release_claims(self, owner: str, claimed_before: float | None = None) -> int:
+        """Delete ``owner``'s slices that no handler read (claimed before ``claimed_before``, a
+        ``time.monotonic()`` value, when given: a new recording's slices stay); how many files went."""
+        with self._lock:
+            claims = self._claims.get(owner, {})
+            stale = {key: uses for key, (uses, since) in claims.items() if claimed_before is None or since < claimed_before}
+            for key in stale:
+                del claims[key]
+            if not claims:
+                self._claims.pop(owner, None)
+        return sum(self.release(key) for key, uses in stale.items() for _ in range(uses))
+
+    def release(self, path: str | Path | None, owner: str | None = None) -> bool:
+        """One request that used ``path`` is done; delete the file when no other upload of it is pending.
+        ``owner``: the browser session whose claimed slice this was (see :meth:`claim`)."""
         if not path:
             return False
         key = str(Path(path).resolve())
         with self._lock:
+            if owner is not None and key in self._claims.get(owner, {}):
+                uses, since = self._claims[owner][key]
+                if uses > 1:
+                    self._claims[owner][key] = (uses - 1, since)
+                else:
+                    del self._claims[owner][key]
             entry = self._pending.get(key)
             if entry is None:
                 return False
