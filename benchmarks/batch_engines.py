@@ -60,8 +60,8 @@ def generate_clips(directory: Path, count: int) -> Path:
     written once and reused by later runs."""
     import sys
 
-    sys.path.insert(0, str(REPO_ROOT / "examples"))
-    from make_examples import ExampleSpec, synthesize
+    sys.path.insert(0, str(REPO_ROOT / "scripts"))
+    from synthetic_speech import ExampleSpec, synthesize
 
     directory.mkdir(parents=True, exist_ok=True)
     draw = random.Random(0)

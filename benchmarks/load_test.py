@@ -40,7 +40,7 @@ class LoadTestArguments:
     clients: int = field(default=16, metadata={"help": "Concurrent gradio_client clients."})
     requests_per_client: int = field(default=50, metadata={"help": "Requests each client sends, one after the other."})
     clip: str = field(
-        default=str(REPO_ROOT / "examples" / "plain_voice.flac"),
+        default=str(REPO_ROOT / "examples" / "neutral_actor23.flac"),
         metadata={"help": "Audio sent with every request (uploaded under another name, as a user would)."},
     )
     max_wall_s: float = field(default=900.0, metadata={"help": "Stop starting requests after this many seconds."})

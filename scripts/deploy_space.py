@@ -4,11 +4,17 @@
     HF_TOKEN=hf_... python -m scripts.deploy_space --repo_id USER/SPACE # create the Space (if new) and upload
 
 The upload is the app and what it imports (``app.py``, ``ser/``), the bundled model, the example
-clips, the requirements, ``packages.txt`` (ffmpeg), ``README.md`` (the Space's front matter), the ``docs/`` pages it links to and
-``.gitattributes``; never tests, runs, caches, exported ONNX graphs, evaluations or benchmarks. The
-dry run selects files exactly as the upload does (``huggingface_hub``'s own pattern filter) and reads
-``.gitattributes`` for the files that go through LFS. It fails when a file that is not LFS is over
-the Hub's 10 MB limit for plain files, so the upload would be refused.
+clips, the requirements, ``packages.txt`` (ffmpeg), ``README.md`` (the Space's front matter), the
+``docs/`` pages it links to and the images they show; never tests, runs, caches, exported ONNX
+graphs, evaluations or benchmarks. The dry run selects files exactly as the upload does
+(``huggingface_hub``'s own pattern filter). It fails when a file that is not LFS is over the Hub's
+10 MB limit for plain files, so the upload would be refused.
+
+**LFS.** The Space stores binaries (weights, audio, images) through Git LFS, as the Hub requires for
+large files; this repository stores them as ordinary Git objects, so it has no ``.gitattributes``
+(LFS rules over plain blobs would make every clone dirty where git-lfs is installed). The deploy
+writes the Space's ``.gitattributes`` from :data:`SPACE_LFS_PATTERNS` before uploading the rest, and
+the dry run shows it in the plan.
 """
 
 from __future__ import annotations
@@ -32,14 +38,19 @@ ALLOW_PATTERNS = [
     "README.md",
     "model_card.md",
     "docs/*.md",
+    "docs/images/*.png",
     "requirements.txt",
     "packages.txt",
-    ".gitattributes",
     "ser/*.py",
     "models/ser-multicorpus/*",
     "examples/*.flac",
     "examples/*.wav",
+    "examples/examples.json",
+    "examples/README.md",
 ]
+#: The Space's ``.gitattributes``: these go through Git LFS there (the Hub refuses plain files over 10 MB).
+SPACE_LFS_PATTERNS = ["*.safetensors", "*.bin", "*.onnx", "*.pt", "*.npz", "*.parquet", "*.png", "*.flac", "*.wav", "*.mp3", "*.ogg"]
+GITATTRIBUTES = ".gitattributes"
 #: Never uploaded, even under an allowed folder (fnmatch's ``*`` also crosses ``/``).
 IGNORE_PATTERNS = [
     "*/__pycache__/*",
@@ -72,16 +83,10 @@ class PlannedFile:
     lfs: bool
 
 
-def lfs_patterns(gitattributes: Path) -> list[str]:
-    """The patterns that ``.gitattributes`` sends through LFS (``filter=lfs``)."""
-    if not gitattributes.is_file():
-        return []
-    patterns = []
-    for line in gitattributes.read_text().splitlines():
-        fields = line.split()
-        if fields and not fields[0].startswith("#") and "filter=lfs" in fields[1:]:
-            patterns.append(fields[0])
-    return patterns
+def space_gitattributes(patterns: list[str] = SPACE_LFS_PATTERNS) -> str:
+    """The ``.gitattributes`` the deploy writes on the Space."""
+    header = "# Written by scripts/deploy_space.py: binaries go through Git LFS on the Hub.\n"
+    return header + "".join(f"{pattern} filter=lfs diff=lfs merge=lfs -text\n" for pattern in patterns)
 
 
 def is_lfs(path: str, patterns: list[str]) -> bool:
@@ -90,20 +95,20 @@ def is_lfs(path: str, patterns: list[str]) -> bool:
     return any(fnmatch.fnmatch(name if "/" not in pattern else path, pattern.lstrip("/")) for pattern in patterns)
 
 
-def plan_upload(root: Path = REPO_ROOT) -> list[PlannedFile]:
-    """The files ``upload_folder`` would send, selected by huggingface_hub's own filter."""
+def plan_upload(root: Path = REPO_ROOT, lfs_patterns: list[str] = SPACE_LFS_PATTERNS) -> list[PlannedFile]:
+    """The Space's ``.gitattributes``, then the files ``upload_folder`` would send, selected by huggingface_hub's own filter."""
     from huggingface_hub.utils import DEFAULT_IGNORE_PATTERNS, filter_repo_objects
 
     files = {path.relative_to(root).as_posix(): path for path in sorted(root.glob("**/*")) if path.is_file()}
     selected = filter_repo_objects(files, allow_patterns=ALLOW_PATTERNS, ignore_patterns=IGNORE_PATTERNS + DEFAULT_IGNORE_PATTERNS)
-    patterns = lfs_patterns(root / ".gitattributes")
-    return [PlannedFile(path, files[path].stat().st_size, is_lfs(path, patterns)) for path in selected]
+    written = PlannedFile(GITATTRIBUTES, len(space_gitattributes(lfs_patterns).encode()), False)
+    return [written] + [PlannedFile(path, files[path].stat().st_size, is_lfs(path, lfs_patterns)) for path in selected]
 
 
 def problems_of(plan: list[PlannedFile]) -> list[str]:
     """What would make the upload fail or the Space not start."""
     problems = [
-        f"{item.path} is {item.size_bytes / 1e6:.1f} MB and not LFS: add its pattern to .gitattributes (the Hub refuses plain files over 10 MB)."
+        f"{item.path} is {item.size_bytes / 1e6:.1f} MB and not LFS: add its pattern to SPACE_LFS_PATTERNS (the Hub refuses plain files over 10 MB)."
         for item in plan
         if not item.lfs and item.size_bytes > MAX_PLAIN_FILE_BYTES
     ]
@@ -128,11 +133,19 @@ def format_plan(plan: list[PlannedFile]) -> str:
 
 
 def deploy(args: DeployArguments, root: Path = REPO_ROOT) -> str:
-    """Create the Space if needed and upload the planned files; returns the Space's URL."""
+    """Create the Space if needed, write its ``.gitattributes`` (LFS first, so the binaries that follow
+    are stored through it) and upload the planned files; returns the Space's URL."""
     from huggingface_hub import HfApi
 
     api = HfApi(token=args.token or os.environ.get("HF_TOKEN") or None)
     url = api.create_repo(args.repo_id, repo_type="space", space_sdk="gradio", private=args.private, exist_ok=True)
+    api.upload_file(
+        path_or_fileobj=space_gitattributes().encode(),
+        path_in_repo=GITATTRIBUTES,
+        repo_id=args.repo_id,
+        repo_type="space",
+        commit_message=f"{args.commit_message}: Git LFS rules",
+    )
     api.upload_folder(
         repo_id=args.repo_id,
         repo_type="space",

@@ -105,14 +105,16 @@ def test_upload_submit_shows_every_class(playwright, ungated_server_url, referen
 
 
 def test_clicking_an_example_runs_it(playwright, ungated_server_url, reference):
-    example = REPO_ROOT / "examples" / "plain_voice.flac"
-    expected = reference.classify_file(example).probabilities
+    from ser.serving.examples import CLIP_PANEL, for_panel, load_examples
+
+    example = for_panel(load_examples(REPO_ROOT / "examples"), CLIP_PANEL)[0]
+    expected = reference.classify_file(example.path).probabilities
 
     browser = launch(playwright)
     try:
         page = browser.new_page(viewport={"width": 1280, "height": 900})
         open_app(page, ungated_server_url)
-        page.get_by_role("button", name=example.name).click()
+        page.get_by_role("button", name=example.label).click()  # the page names the actor, emotion and intensity
         top, bars, _ = wait_for_result(page)
     finally:
         browser.close()
@@ -121,8 +123,10 @@ def test_clicking_an_example_runs_it(playwright, ungated_server_url, reference):
     assert top == max(expected, key=expected.get)
 
 
-def test_fake_microphone_recording_gets_a_prediction(playwright, ungated_server_url, reference):
-    speech = REPO_ROOT / "examples" / "loud_voice.wav"  # 16-bit PCM wav, as Chromium's fake capture needs
+def test_fake_microphone_recording_gets_a_prediction(playwright, ungated_server_url, reference, tmp_path):
+    speech = tmp_path / "angry.wav"  # 16-bit PCM wav, as Chromium's fake capture needs
+    samples, rate = soundfile.read(str(REPO_ROOT / "examples" / "angry_actor23.flac"))
+    soundfile.write(str(speech), samples, rate, subtype="PCM_16")
     browser = launch(
         playwright,
         ["--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream", f"--use-file-for-fake-audio-capture={speech}"],

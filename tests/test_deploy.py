@@ -22,7 +22,6 @@ def tiny_repo(tmp_path):
                      ".git/HEAD", "scripts/train_helper.py", "models/ser-ravdess-tdnn/model.safetensors"):
         _write(tmp_path, relative)
     _write(tmp_path, "models/ser-multicorpus/model.safetensors", 11 * 1024 * 1024)
-    (tmp_path / ".gitattributes").write_text("*.safetensors filter=lfs diff=lfs merge=lfs -text\n*.flac filter=lfs diff=lfs merge=lfs -text\n")
     return tmp_path
 
 
@@ -33,14 +32,13 @@ def test_the_plan_holds_what_the_space_runs_and_nothing_else(tiny_repo):
         "models/ser-multicorpus/config.json", "models/ser-multicorpus/model.safetensors", "examples/clip.flac",
     }
     assert plan["models/ser-multicorpus/model.safetensors"].lfs and plan["examples/clip.flac"].lfs
-    assert not plan["app.py"].lfs
+    assert not plan["app.py"].lfs and not plan[".gitattributes"].lfs  # written by the deploy itself
     assert plan["models/ser-multicorpus/model.safetensors"].size_bytes == 11 * 1024 * 1024
     assert deploy_space.problems_of(list(plan.values())) == []
 
 
 def test_a_large_file_outside_lfs_is_a_problem(tiny_repo):
-    (tiny_repo / ".gitattributes").write_text("*.flac filter=lfs diff=lfs merge=lfs -text\n")
-    problems = deploy_space.problems_of(deploy_space.plan_upload(tiny_repo))
+    problems = deploy_space.problems_of(deploy_space.plan_upload(tiny_repo, lfs_patterns=["*.flac"]))
     assert len(problems) == 1 and "models/ser-multicorpus/model.safetensors is 11.5 MB and not LFS" in problems[0]
 
 
@@ -65,6 +63,7 @@ def test_dry_run_of_this_repository_lists_every_file_offline(capsys):
     rows = {line.split()[0]: line.split()[-1] for line in out.splitlines()[1:-2]}
     assert rows["models/ser-multicorpus/model.safetensors"] == "LFS"
     assert rows["app.py"] == "plain" and rows["packages.txt"] == "plain"
+    assert rows["examples/angry_actor23.flac"] == "LFS" and rows["examples/examples.json"] == "plain"
     assert {"ser/predictor.py", "ser/inference/predictor.py", "requirements.txt", "README.md", ".gitattributes", "docs/architecture.md"} <= set(rows)
     assert not [path for path in rows if path.startswith(("tests/", "runs/", "benchmarks/")) or "__pycache__" in path or "/onnx/" in path]
     assert "Dry run: nothing was uploaded" in out
@@ -88,6 +87,9 @@ def test_deploy_creates_a_gradio_space_and_uploads_the_planned_patterns(tiny_rep
             calls.append(("create_repo", repo_id, kwargs))
             return f"https://huggingface.co/spaces/{repo_id}"
 
+        def upload_file(self, **kwargs):
+            calls.append(("upload_file", kwargs))
+
         def upload_folder(self, **kwargs):
             calls.append(("upload_folder", kwargs))
 
@@ -96,6 +98,30 @@ def test_deploy_creates_a_gradio_space_and_uploads_the_planned_patterns(tiny_rep
     assert deploy_space.deploy(args, tiny_repo) == "https://huggingface.co/spaces/someone/ser"
     assert calls[0] == ("init", "hf_test")
     assert calls[1] == ("create_repo", "someone/ser", {"repo_type": "space", "space_sdk": "gradio", "private": False, "exist_ok": True})
-    upload = calls[2][1]
+    gitattributes = calls[2][1]  # before the binaries, so that they are stored through LFS
+    assert calls[2][0] == "upload_file" and gitattributes["path_in_repo"] == ".gitattributes" and gitattributes["repo_type"] == "space"
+    assert "*.safetensors filter=lfs diff=lfs merge=lfs -text\n" in gitattributes["path_or_fileobj"].decode()
+    upload = calls[3][1]
+    assert calls[3][0] == "upload_folder"
     assert upload["repo_type"] == "space" and upload["folder_path"] == tiny_repo
     assert upload["allow_patterns"] == deploy_space.ALLOW_PATTERNS and upload["ignore_patterns"] == deploy_space.IGNORE_PATTERNS
+
+
+def test_a_clone_is_clean_where_git_lfs_is_installed(tmp_path):
+    """No LFS rules over plain blobs: after ``git clone`` with git-lfs active, no "should have been
+    pointers" warning and ``git status`` is empty (the Space's rules are written by the deploy)."""
+    import os
+    import shutil
+    import subprocess
+
+    if shutil.which("git") is None or subprocess.run(["git", "lfs", "version"], capture_output=True).returncode != 0:
+        pytest.skip("git-lfs is not installed (apt-get install git-lfs)")
+    env = {**os.environ, "HOME": str(tmp_path / "home"), "GIT_CONFIG_NOSYSTEM": "1"}
+    (tmp_path / "home").mkdir()
+    subprocess.run(["git", "lfs", "install"], env=env, check=True, capture_output=True)  # the filters, as a user who uses LFS has them
+    clone = subprocess.run(["git", "clone", "--quiet", str(REPO_ROOT), str(tmp_path / "clone")], env=env, capture_output=True, text=True)
+    assert clone.returncode == 0, clone.stderr
+    assert "should have been pointers" not in clone.stderr + clone.stdout
+    status = subprocess.run(["git", "status", "--porcelain"], cwd=tmp_path / "clone", env=env, capture_output=True, text=True, check=True)
+    assert status.stdout == ""
+    assert not (tmp_path / "clone" / ".gitattributes").exists()

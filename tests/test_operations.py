@@ -135,7 +135,7 @@ def test_upload_registry_deletes_after_the_last_pending_use(tmp_path):
 
 
 def test_upload_identical_to_an_example_is_never_deleted(tmp_path):
-    example = REPO_ROOT / "examples" / "plain_voice.flac"
+    example = REPO_ROOT / "examples" / "neutral_actor23.flac"
     uploads = UploadRegistry(tmp_path / "up", keep_files=[example])
     cached = tmp_path / "up" / "hash" / example.name
     cached.parent.mkdir(parents=True)
@@ -228,10 +228,10 @@ def user_files(upload_dir: Path) -> list[Path]:
 
 @pytest.fixture(scope="module")
 def speech(tmp_path_factory) -> dict[str, Path]:
-    """Copies of the espeak example clips under other names (so they are user uploads, not examples)."""
+    """Copies of the example clips under other names (so they are user uploads, not examples)."""
     directory = tmp_path_factory.mktemp("speech")
     copies = {}
-    for index, example in enumerate(sorted((REPO_ROOT / "examples").glob("*.flac"))):
+    for index, example in enumerate(Path(path) for path in app.example_paths()):
         copies[f"clip{index}"] = Path(shutil.copy(example, directory / f"user_clip_{index}.flac"))
     return copies
 
@@ -276,7 +276,7 @@ def test_no_upload_is_kept_after_its_answer(server, speech):
 @requires_ffmpeg
 def test_an_upload_identical_to_an_example_keeps_the_example_working(server):
     url, upload_dir, _ = server
-    example = REPO_ROOT / "examples" / "plain_voice.flac"
+    example = REPO_ROOT / "examples" / "neutral_actor23.flac"
     for _ in range(2):
         (server_path,) = rest_upload(url, example).json()
         status, event, _ = rest_call(url, [file_data(server_path)])

@@ -28,6 +28,7 @@ from ser.inference.quality import (
 )
 from ser.serving.calibration import Calibration, CalibrationError
 from ser.serving.display import LabelFiles, api_payload, format_info, format_uncertainty, label_value, model_display_name
+from ser.serving.examples import Example
 from ser.serving.guard import RequestGuard
 from ser.serving.limits import DEFAULT_MAX_DURATION_S, ServingError
 from ser.serving.ui_errors import user_error
@@ -119,8 +120,7 @@ def build_clip_panel(
     max_duration_s: float | None,
     quality: QualityConfig | None,
     confidence_threshold: float,
-    examples: Sequence[str],
-    examples_label: str,
+    examples: Sequence[Example],
 ) -> None:
     """The panel's components and events, inside the caller's ``gr.Blocks``. Registers ``/predict``
     before any other event (an event without ``api_name`` is named after its function)."""
@@ -236,7 +236,8 @@ def build_clip_panel(
         submit.click(predict, inputs=audio, outputs=[label, info, answer_json], api_visibility="private")
     if examples:
         gr.Examples(
-            examples=examples,
+            examples=[str(example.path) for example in examples],
+            example_labels=[example.label for example in examples],
             inputs=audio,
             outputs=[label, info, answer_json],
             fn=predict,
@@ -244,5 +245,5 @@ def build_clip_panel(
             cache_examples=False,
             run_on_click=True,
             api_visibility="private",
-            label=examples_label,
+            label="Examples: real acted speech of RAVDESS actors never trained on (CC BY-NC-SA 4.0)",
         )

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import gradio as gr
@@ -19,6 +20,7 @@ from ser.inference.timeline import (
     timeline_for_file,
     timeline_table,
 )
+from ser.serving.examples import Example
 from ser.serving.guard import RequestGuard
 from ser.serving.limits import ServingError
 from ser.serving.ui_errors import user_error
@@ -57,7 +59,9 @@ def build_timeline_records(
     return timeline
 
 
-def build_timeline_panel(classifier: EmotionClassifier, guard: RequestGuard, timeline_config: TimelineConfig) -> None:
+def build_timeline_panel(
+    classifier: EmotionClassifier, guard: RequestGuard, timeline_config: TimelineConfig, examples: Sequence[Example] = ()
+) -> None:
     """The panel's components and events, inside the caller's ``gr.Blocks``."""
     confidence_threshold = timeline_config.confidence_threshold
 
@@ -98,6 +102,16 @@ def build_timeline_panel(classifier: EmotionClassifier, guard: RequestGuard, tim
         timeline_rows = gr.Dataframe(headers=TABLE_HEADERS, label="Segments", interactive=False)
         with gr.Accordion("Segments as JSON (what the API returns)", open=False):
             timeline_json = gr.JSON(label="Segments")
+        if examples:
+            # Clicking fills the upload box only: a timeline takes seconds, so it runs on "Build timeline".
+            gr.Examples(
+                examples=[str(example.path) for example in examples],
+                example_labels=[example.label for example in examples],
+                inputs=long_audio,
+                cache_examples=False,
+                api_visibility="private",
+                label="Example: a minute of one RAVDESS actor never trained on, through six emotions",
+            )
         # API-only trigger for /timeline (never shown); the page runs show_timeline.
         timeline_api_trigger = gr.Button(visible=False)
     timeline_button.click(

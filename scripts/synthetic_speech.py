@@ -1,11 +1,9 @@
-"""Generate the app's example clips with espeak-ng, so every clip in examples/ may be redistributed.
+"""Synthetic speech from espeak-ng: neutral read sentences in a few voices, speeds and pitches. Not
+the app's examples (those are real acted speech, ``python -m scripts.make_examples``); used where
+redistributable speech of any amount is needed (``benchmarks.batch_engines``). Speech produced by
+espeak-ng is not covered by its GPL licence.
 
-Corpus audio (RAVDESS, EMOVO) is licensed for research / non-commercial use and must not ship in
-this repository, so the examples are synthetic speech: a few sentences read with different
-espeak-ng voices, speeds and pitches. Speech produced by espeak-ng is not covered by its GPL
-licence; the clips are released with the project's code (MIT).
-
-    apt-get install -y espeak-ng && python examples/make_examples.py
+    apt-get install -y espeak-ng && python scripts/synthetic_speech.py --output_dir /tmp/voices
 """
 
 from __future__ import annotations
@@ -27,8 +25,6 @@ from ser.audio.loader import TARGET_SAMPLE_RATE, load_audio  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
-EXAMPLES_DIR = Path(__file__).resolve().parent
-
 
 @dataclass(frozen=True)
 class ExampleSpec:
@@ -42,7 +38,7 @@ class ExampleSpec:
     amplitude: int = 100  # espeak-ng amplitude, 0-200
 
 
-EXAMPLES: tuple[ExampleSpec, ...] = (
+VOICES: tuple[ExampleSpec, ...] = (
     ExampleSpec("fast_high_voice.flac", "We won the match! I cannot believe it, this is wonderful.", "en-us+f3", 190, 80, 140),
     ExampleSpec("slow_low_voice.flac", "I waited all evening, and nobody came.", "en-gb+m3", 110, 20, 70),
     ExampleSpec("loud_voice.wav", "Stop that right now. I told you twice already.", "en-us+m1", 175, 40, 160),
@@ -51,8 +47,8 @@ EXAMPLES: tuple[ExampleSpec, ...] = (
 
 
 @dataclass
-class MakeExamplesArguments:
-    output_dir: Path = field(default=EXAMPLES_DIR, metadata={"help": "Where to write the clips."})
+class SyntheticSpeechArguments:
+    output_dir: Path = field(metadata={"help": "Where to write the clips."})
 
 
 def synthesize(spec: ExampleSpec, output_dir: Path) -> Path:
@@ -73,9 +69,9 @@ def synthesize(spec: ExampleSpec, output_dir: Path) -> Path:
 
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    (args,) = HfArgumentParser(MakeExamplesArguments).parse_args_into_dataclasses()
+    (args,) = HfArgumentParser(SyntheticSpeechArguments).parse_args_into_dataclasses()
     args.output_dir.mkdir(parents=True, exist_ok=True)
-    for spec in EXAMPLES:
+    for spec in VOICES:
         synthesize(spec, args.output_dir)
 
 
