@@ -28,7 +28,7 @@ from transformers import HfArgumentParser
 
 from ser.audio.loader import ACCEPTED_FORMATS
 from ser.inference.backends import BackendError
-from ser.inference.hardware import limit_numpy_blas_threads
+from ser.inference.hardware import limit_malloc_arenas, limit_numpy_blas_threads
 from ser.inference.predictor import EmotionClassifier, ModelNotConfiguredError
 from ser.inference.quality import DEFAULT_CONFIDENCE_THRESHOLD, QualityConfig, get_speech_detector
 from ser.inference.timeline import TimelineConfig
@@ -54,6 +54,7 @@ from ser.serving.live import LIVE_CONCURRENCY_LIMIT, LiveConfig, LiveSessions
 from ser.serving.live_panel import LiveHandlers, build_live_mode
 from ser.serving.middleware import create_serving, launch_kwargs
 from ser.serving.monitoring import DEFAULT_DRIFT_WINDOW
+from ser.serving.page_sessions import free_closed_pages
 from ser.serving.timeline_panel import TIMELINE_API_NAME, build_timeline_panel  # noqa: F401
 
 logger = logging.getLogger(__name__)
@@ -207,9 +208,10 @@ def build_demo(
         build_clip_panel(
             classifier, guard, label_files, max_duration_s, quality, confidence_threshold, for_panel(examples, CLIP_PANEL),
         )
-        build_live_mode(demo, live)
+        build_live_mode(live)
         build_timeline_panel(classifier, guard, timeline_config, for_panel(examples, TIMELINE_PANEL))
         gr.Markdown(f"Model: `{model_display_name(classifier.name)}`")
+        free_closed_pages(demo, live.closed)
     demo.queue(default_concurrency_limit=concurrency_limit, max_size=max_queue_size)
     serving_state.blocks = demo
     demo.serving_state = serving_state
@@ -218,6 +220,7 @@ def build_demo(
 
 @functools.cache
 def _configured_demo() -> gr.Blocks:
+    limit_malloc_arenas(2)  # as main() does, for `gradio app.py`
     return build_demo(load_classifier())
 
 
@@ -236,6 +239,8 @@ def main() -> None:
     (args,) = HfArgumentParser(AppArguments).parse_args_into_dataclasses()
     # Before any numpy work: idle OpenBLAS threads spinning next to the model doubled its time here.
     limit_numpy_blas_threads(1)
+    # Before the server's threads: one malloc arena per thread let RSS climb with live traffic.
+    limit_malloc_arenas(2)
     try:
         classifier = load_classifier(args.model, args.backend)
     except (ModelNotConfiguredError, BackendError) as error:

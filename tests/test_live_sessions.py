@@ -191,3 +191,26 @@ def test_a_refusal_is_one_log_line_without_a_traceback(gated_server, tmp_path):
     assert len(lines) == 1 and "Refused quiet_refusal.wav (" in lines[0], lines
     assert "Traceback" not in log_path.read_text()
     assert scrape(url)[("ser_rejected_inputs_total", (("reason", "silent"),))] == 1
+
+
+def test_a_closed_page_frees_gradio_state_of_it_too(classifier):
+    from gradio.state_holder import StateHolder
+
+    from ser.serving.page_sessions import forget_gradio_session
+
+    with gr.Blocks() as demo:
+        gr.State(None)
+    holder = StateHolder()
+    holder.set_blocks(demo)  # what the server does at launch
+    holder["page-1"], holder["page-2"]  # noqa: B018  (first access creates each page's state)
+    assert forget_gradio_session(demo, "page-1") is True
+    assert "page-1" not in holder and "page-2" in holder
+    assert forget_gradio_session(demo, "page-1") is False
+
+
+def test_malloc_arenas_are_capped_where_the_c_library_is_glibc():
+    import platform
+
+    from ser.inference.hardware import limit_malloc_arenas
+
+    assert limit_malloc_arenas(2) is (platform.libc_ver()[0] == "glibc")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import threading
 from pathlib import Path
@@ -123,8 +124,15 @@ def test_upload_registry_deletes_after_the_last_pending_use(tmp_path):
     shared.write_bytes(b"x")
     uploads.register([str(shared), str(shared)])  # the same bytes uploaded twice -> one path
     assert uploads.release(shared) is False and shared.exists()
-    assert uploads.release(shared) is True and not shared.exists() and not shared.parent.exists()
+    assert uploads.release(shared) is True and not shared.exists()
+    # The folder stays a while: an identical upload landing in it right now must not lose it.
+    assert shared.parent.is_dir()
     assert uploads.release(shared) is False  # never registered any more: nothing to do
+    uploads.sweep()
+    assert shared.parent.is_dir()  # empty, but only just
+    os.utime(shared.parent, (0, 0))
+    uploads.sweep()
+    assert not shared.parent.exists()
 
     abandoned = tmp_path / "def" / "late.wav"
     abandoned.parent.mkdir()

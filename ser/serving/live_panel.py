@@ -196,8 +196,9 @@ class LiveHandlers:
         return calibration_line(self._session(request), calibrate, self.can_calibrate)
 
 
-def build_live_mode(demo: gr.Blocks, handlers: LiveHandlers) -> None:
-    """The live mode's components and events, inside ``demo`` (see ser/serving/live.py)."""
+def build_live_mode(handlers: LiveHandlers) -> None:
+    """The live mode's components and events, inside the caller's ``gr.Blocks`` (see ser/serving/live.py);
+    ``handlers.closed`` is for the page's unload (``ser.serving.page_sessions``)."""
     config, can_calibrate = handlers.config, handlers.can_calibrate
     with gr.Accordion("Live mode: the bars move while you speak", open=False, elem_id="live-mode"):
         # Here rather than in launch(css=...), so that `gradio app.py` (reload mode) greys the bars too.
@@ -244,5 +245,4 @@ def build_live_mode(demo: gr.Blocks, handlers: LiveHandlers) -> None:
     mic.stop_recording(handlers.stop, inputs=calibrate, outputs=[result, plot], api_visibility="private")
     reset_button.click(handlers.reset, inputs=calibrate, outputs=calibration_info, api_visibility="private")
     calibrate.change(handlers.switch, inputs=calibrate, outputs=calibration_info, api_visibility="private")
-    demo.unload(handlers.closed)
 

@@ -17,6 +17,9 @@ logger = logging.getLogger(__name__)
 
 # -- uploads -----------------------------------------------------------------------------------
 
+#: An upload folder left empty this long (seconds) is removed by the sweep.
+EMPTY_FOLDER_AGE_S = 60.0
+
 
 def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
@@ -118,13 +121,29 @@ class UploadRegistry:
             return len(self._pending)
 
     def sweep(self, now: float | None = None) -> int:
-        """Delete registered uploads older than ``ttl_s``; returns how many files went."""
+        """Delete registered uploads older than ``ttl_s``, and upload folders left empty for a minute;
+        returns how many files went."""
         now = time.monotonic() if now is None else now
         with self._lock:
             expired = [key for key, entry in self._pending.items() if now - entry.uploaded_at > self.ttl_s]
             for key in expired:
                 del self._pending[key]
-        return sum(self._delete(Path(key)) for key in expired)
+        deleted = sum(self._delete(Path(key)) for key in expired)
+        self._remove_empty_folders(min_age_s=EMPTY_FOLDER_AGE_S)
+        return deleted
+
+    def _remove_empty_folders(self, min_age_s: float) -> None:
+        cutoff = time.time() - min_age_s
+        try:
+            folders = [path for path in self.upload_dir.iterdir() if path.is_dir()]
+        except OSError:
+            return
+        for folder in folders:
+            try:
+                if folder.stat().st_mtime < cutoff and not any(folder.iterdir()):
+                    folder.rmdir()
+            except OSError:
+                pass  # filled or removed meanwhile
 
     def start_sweeper(self) -> None:
         if self._sweeper is not None:
@@ -161,13 +180,8 @@ class UploadRegistry:
             pass
         except OSError as error:
             logger.warning("Could not delete an upload (%s)", error.strerror)
-        # Gradio puts each upload in its own <hash>/ folder: remove it once empty.
-        parent = path.parent
-        if parent != self.upload_dir and parent.is_relative_to(self.upload_dir):
-            try:
-                parent.rmdir()
-            except OSError:
-                pass  # not empty (another file) or already gone
+        # Gradio puts each upload in its own <hash>/ folder; the sweep removes it once empty, not here:
+        # an identical upload arriving now (same bytes, same folder) would fail if it vanished under it.
         if removed:
             with self._lock:
                 self.deleted += 1
