@@ -30,7 +30,7 @@ from ser.audio.loader import ACCEPTED_FORMATS
 from ser.inference.backends import BackendError
 from ser.inference.hardware import limit_malloc_arenas, limit_numpy_blas_threads
 from ser.inference.predictor import EmotionClassifier, ModelNotConfiguredError
-from ser.inference.quality import DEFAULT_CONFIDENCE_THRESHOLD, QualityConfig, get_speech_detector
+from ser.inference.quality import DEFAULT_CONFIDENCE_THRESHOLD, QualityConfig, assess_quality, get_speech_detector
 from ser.inference.timeline import TimelineConfig
 from ser.serving.clip_panel import (  # noqa: F401  (answer_clip & co. are the app's documented handlers)
     API_NAME,
@@ -140,8 +140,12 @@ class AppArguments:
 
 
 def load_classifier(model_name_or_path: str | None = None, backend: str | None = None) -> EmotionClassifier:
-    """Load the model once and run one throw-away pass so the first user does not wait for it."""
-    classifier = EmotionClassifier.from_pretrained(model_name_or_path, backend=backend)
+    """Load the model once and run one throw-away pass so the first user does not wait for it. The
+    automatic backend is timed as it will serve: each candidate call right after the quality gate."""
+    detector = get_speech_detector()
+    classifier = EmotionClassifier.from_pretrained(
+        model_name_or_path, backend=backend, before_each_call=lambda waveform: assess_quality(waveform, detector.sample_rate, QualityConfig())
+    )
     classifier.warmup()
     return classifier
 

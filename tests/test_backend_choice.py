@@ -117,9 +117,9 @@ def _record_time_candidates(monkeypatch) -> list[dict]:
     calls: list[dict] = []
     real_time_candidates = backends.time_candidates
 
-    def recording(runners, inputs, repeats=backend_choice.SELECTION_REPEATS, to_probabilities=None):
-        calls.append({"runners": dict(runners), "to_probabilities": to_probabilities})
-        return real_time_candidates(runners, inputs, repeats, to_probabilities)
+    def recording(runners, inputs, repeats=backend_choice.SELECTION_REPEATS, to_probabilities=None, before_each=None):
+        calls.append({"runners": dict(runners), "to_probabilities": to_probabilities, "before_each": before_each})
+        return real_time_candidates(runners, inputs, repeats, to_probabilities, before_each)
 
     monkeypatch.setattr(backends, "time_candidates", recording)
     return calls
@@ -165,7 +165,7 @@ def test_automatic_choice_keeps_a_clearly_faster_lossy_backend(tiny_cnn_dir, mon
     monkeypatch.setenv(backend_choice.AUTO_LOSSY_ENV_VAR, "bf16")
     monkeypatch.setattr(backends, "detect_hardware", lambda: BF16_MACHINE)
     measured = {"torch": result(100), "onnx": result(90, 1e-6), "bf16": result(40, 0.001)}
-    monkeypatch.setattr(backends, "time_candidates", lambda runners, inputs, repeats=3, to_probabilities=None: {name: measured[name] for name in runners})
+    monkeypatch.setattr(backends, "time_candidates", lambda runners, inputs, repeats=3, to_probabilities=None, before_each=None: {name: measured[name] for name in runners})
     classifier = EmotionClassifier.from_pretrained(tiny_cnn_dir)
     assert classifier.backend == "bf16" and classifier.backend_choice.automatic
     assert "2.50x torch" in classifier.backend_choice.reason
@@ -278,3 +278,40 @@ def test_automatic_choice_compares_an_embedding_model_on_its_class_probabilities
     probabilities = to_probabilities(embedding.reshape(1, -1))
     assert probabilities.shape == (1, len(classifier.labels))
     np.testing.assert_allclose(probabilities, classifier.probabilities_from_embeddings(embedding), atol=1e-6)
+
+
+def test_the_work_before_each_call_runs_untimed_before_every_timed_call():
+    import time
+
+    events = []
+
+    def runner(name):
+        def run(inputs):
+            events.append(name)
+            return np.zeros((1, 2))
+
+        return run
+
+    def gate():
+        events.append("gate")
+        time.sleep(0.05)  # slow, and not the runners' time
+
+    results = backend_choice.time_candidates({"torch": runner("torch"), "onnx": runner("onnx")}, {}, repeats=2, before_each=gate)
+    assert events == ["torch", "onnx"] + ["gate", "torch", "gate", "onnx"] * 2  # one untimed call each, then gate + call
+    assert max(result.median_ms for result in results.values()) < 40
+
+
+def test_the_app_times_the_automatic_choice_after_its_quality_gate(tiny_cnn_dir, monkeypatch):
+    import app
+
+    monkeypatch.delenv(backends.BACKEND_ENV_VAR, raising=False)
+    monkeypatch.delenv(backend_choice.AUTO_LOSSY_ENV_VAR, raising=False)
+    monkeypatch.setattr(backends, "detect_hardware", lambda: BF16_MACHINE)
+    calls = _record_time_candidates(monkeypatch)
+    gated = []
+    real_assess = app.assess_quality
+    monkeypatch.setattr(app, "assess_quality", lambda *args, **kwargs: gated.append(len(args[0])) or real_assess(*args, **kwargs))
+    classifier = app.load_classifier(str(tiny_cnn_dir))
+    assert calls[0]["before_each"] is not None and classifier.backend_choice.automatic
+    timed_calls = backend_choice.SELECTION_REPEATS * len(calls[0]["runners"])
+    assert len(gated) == timed_calls and set(gated) == {len(classifier.warmup_clip())}

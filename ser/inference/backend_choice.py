@@ -18,8 +18,6 @@ from ser.inference.hardware import Hardware
 
 logger = logging.getLogger(__name__)
 
-logger = logging.getLogger(__name__)
-
 #: Same numbers as ``torch`` up to float rounding; the others are lossy.
 EXACT_BACKENDS = ("torch", "onnx")
 
@@ -137,15 +135,22 @@ def time_candidates(
     inputs: Mapping[str, torch.Tensor],
     repeats: int = SELECTION_REPEATS,
     to_probabilities: Callable[[np.ndarray], np.ndarray] | None = None,
+    before_each: Callable[[], object] | None = None,
 ) -> dict[str, CandidateResult]:
     """Each runner once untimed (lazy init), then ``repeats`` timed calls, interleaved so load from
     other processes hits all alike; answers compared with ``runners["torch"]`` as class probabilities
-    (``to_probabilities`` of a runner's output; default: its softmax, for runners that give logits)."""
+    (``to_probabilities`` of a runner's output; default: its softmax, for runners that give logits).
+
+    ``before_each``: untimed work run right before every timed call, as it runs before the model in
+    the application (the app's quality gate): a backend is then chosen under the conditions it serves
+    in, thread pools woken or left cold by that work included."""
     to_probabilities = to_probabilities or (lambda output: _softmax(np.asarray(output, dtype=np.float64)))
     probabilities = {name: np.asarray(to_probabilities(runner(inputs)), dtype=np.float64) for name, runner in runners.items()}
     times: dict[str, list[float]] = {name: [] for name in runners}
     for _ in range(repeats):
         for name, runner in runners.items():
+            if before_each is not None:
+                before_each()
             started = time.perf_counter()
             runner(inputs)
             times[name].append(time.perf_counter() - started)

@@ -257,6 +257,7 @@ def choose_and_build(
     release_torch_weights: bool = False,
     hardware: Hardware | None = None,
     to_probabilities: Callable[[np.ndarray], np.ndarray] | None = None,
+    before_each: Callable[[], object] | None = None,
 ) -> tuple[BuiltBackend, BackendChoice]:
     """The backend that serves, and why: ``requested`` (explicit or ``$SER_BACKEND``) when given,
     else the automatic choice for this machine.
@@ -264,6 +265,8 @@ def choose_and_build(
     ``warmup_inputs()``: model inputs for the warm-up clip, used to time and check the candidates.
     ``to_probabilities``: the runner's output -> class probabilities, for a model whose backend
     output is not logits (an utterance embedding, classified by a head outside the backend).
+    ``before_each``: the application's work before each model call, run before every timed call
+    (:func:`ser.inference.backend_choice.time_candidates`).
     Losers are dropped before returning; with ``release_torch_weights`` the fp32 weights too, when
     the winner does not run them.
     """
@@ -289,7 +292,9 @@ def choose_and_build(
             logger.warning("Backend %s left out of the automatic choice: %s", name, error)
             excluded[name] = f"could not be built: {error}"
     inputs = warmup_inputs()
-    results = time_candidates({name: built.runner for name, built in built_candidates.items()}, inputs, to_probabilities=to_probabilities)
+    results = time_candidates(
+        {name: built.runner for name, built in built_candidates.items()}, inputs, to_probabilities=to_probabilities, before_each=before_each
+    )
     name, reason, rejected = pick_fastest(results, excluded)
     chosen = built_candidates[name]
     built_candidates.clear()  # drop the losers' sessions and copies

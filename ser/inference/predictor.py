@@ -16,7 +16,7 @@ import copy
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -144,6 +144,8 @@ class EmotionClassifier:
     ``from_pretrained``, which owns the model it loads). For a model with an embedding
     (``supports_adaptation``) the backend runs its :class:`UtteranceEmbedder` (``self.model``), and
     ``statistics=`` arguments swap the standardisation statistics (``ser.core.statistics``).
+    ``before_each_call(waveform)``: what the application runs right before each model call (the
+    app's quality gate); the automatic choice runs it on the warm-up clip before every timed call.
     """
 
     def __init__(
@@ -154,6 +156,7 @@ class EmotionClassifier:
         window_s: float = DEFAULT_WINDOW_S,
         backend: str | None = "torch",
         release_model: bool = False,
+        before_each_call: Callable[[np.ndarray], object] | None = None,
     ):
         model = model.eval()
         for parameter in model.parameters():
@@ -180,6 +183,7 @@ class EmotionClassifier:
             warmup_inputs=lambda: self.preprocess([self.warmup_clip()]),
             requested=requested_backend(backend),
             release_torch_weights=release_model,
+            before_each=None if before_each_call is None else (lambda: before_each_call(self.warmup_clip())),
             # An embedding model's backend gives embeddings: candidates are compared on the head's probabilities.
             to_probabilities=(lambda output: self.probabilities_from_embeddings(np.asarray(output).reshape(-1, *self.embedding_shape)))
             if self._head is not None
