@@ -225,6 +225,14 @@ def tiny_whisper_ser_dir(tiny_whisper_checkpoint_dir, tmp_path_factory) -> Path:
     return directory
 
 
+@pytest.fixture(scope="session")
+def tiny_whisper_classifier(tiny_whisper_ser_dir):
+    """The tiny Whisper model loaded once, on the fp32 reference backend."""
+    from ser.inference.predictor import EmotionClassifier
+
+    return EmotionClassifier.from_pretrained(tiny_whisper_ser_dir, backend="torch")
+
+
 @pytest.fixture(scope="module")
 def ungated_server_url(tiny_cnn_dir, tmp_path_factory):
     """``python app.py`` on the tiny CNN with the quality gate off and threshold 0 (every clip gets a

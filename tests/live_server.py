@@ -49,3 +49,28 @@ def rest_call(url: str, data: list, api_name: str = "predict") -> tuple[int, str
 
 def file_data(server_path: str) -> dict:
     return {"path": server_path, "meta": {"_type": "gradio.FileData"}}
+
+
+class PageRequest:
+    """What Gradio passes a handler for one browser session (its ``session_hash``)."""
+
+    def __init__(self, session_hash: str):
+        self.session_hash = session_hash
+
+
+def live_handlers(classifier, max_duration_s: float = 60.0):
+    """Live mode's handlers around ``classifier`` as ``app.build_demo`` wires them (gate on, no
+    confidence threshold), without a server: for calling them as the page would."""
+    import gradio as gr
+
+    from ser.inference.quality import QualityConfig
+    from ser.inference.timeline import TimelineConfig
+    from ser.serving.display import LabelFiles
+    from ser.serving.limits import ServingConfig
+    from ser.serving.live import LiveConfig, LiveSessions
+    from ser.serving.live_panel import LiveHandlers
+    from ser.serving.middleware import create_serving
+
+    sessions = LiveSessions(LiveConfig(max_duration_s=max_duration_s, confidence_threshold=0.0), limit=4)
+    state, guard = create_serving(classifier, ServingConfig(), 0.0, 1, user_errors=(gr.Error,), live_sessions=sessions)
+    return LiveHandlers(classifier, guard, state.metrics, sessions, LabelFiles(), QualityConfig(), TimelineConfig(confidence_threshold=0.0))

@@ -64,6 +64,7 @@ def test_dry_run_of_this_repository_lists_every_file_offline(capsys):
     assert rows["models/ser-multicorpus/model.safetensors"] == "LFS"
     assert rows["app.py"] == "plain" and rows["packages.txt"] == "plain"
     assert rows["examples/angry_actor23.flac"] == "LFS" and rows["examples/examples.json"] == "plain"
+    assert rows["docs/images/app.png"] == "LFS" and rows["docs/images/timeline.png"] == "LFS"  # the README's pictures
     assert {"ser/predictor.py", "ser/inference/predictor.py", "requirements.txt", "README.md", ".gitattributes", "docs/architecture.md"} <= set(rows)
     assert not [path for path in rows if path.startswith(("tests/", "runs/", "benchmarks/")) or "__pycache__" in path or "/onnx/" in path]
     assert "Dry run: nothing was uploaded" in out

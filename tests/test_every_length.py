@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
+from live_server import PageRequest, live_handlers
 
 from ser.audio.loader import AudioError, resample
 from ser.inference.predictor import DEFAULT_WINDOW_S, EmotionClassifier, window_spans
@@ -79,8 +80,8 @@ def test_window_spans_tile_the_clip_without_short_or_long_pieces(num_samples, wi
 
 # -- in process, on the tiny Whisper model -------------------------------------------------------
 @pytest.fixture(scope="module")
-def classifier(tiny_whisper_ser_dir) -> EmotionClassifier:
-    return EmotionClassifier.from_pretrained(tiny_whisper_ser_dir, backend="torch")
+def classifier(tiny_whisper_classifier) -> EmotionClassifier:
+    return tiny_whisper_classifier
 
 
 @pytest.fixture(scope="module")
@@ -144,27 +145,9 @@ def test_the_timeline_answers_or_refuses_every_length(classifier, speech, num_sa
 
 
 # -- live Stop, through its handler ---------------------------------------------------------------
-class PageRequest:
-    """What Gradio passes a handler for one browser session."""
-
-    def __init__(self, session_hash: str):
-        self.session_hash = session_hash
-
-
 @pytest.fixture(scope="module")
 def live(classifier):
-    import gradio as gr
-
-    from ser.inference.quality import QualityConfig
-    from ser.serving.display import LabelFiles
-    from ser.serving.limits import ServingConfig
-    from ser.serving.live import LiveConfig, LiveSessions
-    from ser.serving.live_panel import LiveHandlers
-    from ser.serving.middleware import create_serving
-
-    sessions = LiveSessions(LiveConfig(max_duration_s=60.0, confidence_threshold=0.0), limit=4)
-    state, guard = create_serving(classifier, ServingConfig(), 0.0, 1, user_errors=(gr.Error,), live_sessions=sessions)
-    return LiveHandlers(classifier, guard, state.metrics, sessions, LabelFiles(), QualityConfig(), TimelineConfig(confidence_threshold=0.0))
+    return live_handlers(classifier)
 
 
 @LENGTH_SETTINGS

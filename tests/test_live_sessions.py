@@ -11,31 +11,20 @@ import gradio as gr
 import numpy as np
 import pytest
 import requests
-from live_server import file_data, rest_call, rest_upload, running_app
+from live_server import PageRequest, file_data, live_handlers, rest_call, rest_upload, running_app
 from test_operations import scrape
 
 from ser.audio.loader import resample
 from ser.inference.predictor import EmotionClassifier
-from ser.inference.quality import QualityConfig
-from ser.inference.timeline import TimelineConfig
 from ser.serving.devserver import LiveStreamClient
-from ser.serving.display import LabelFiles
 from ser.serving.guard import RequestGuard
-from ser.serving.limits import ServerError, ServingConfig
-from ser.serving.live import LiveConfig, LiveSessions, live_step
+from ser.serving.limits import ServerError
+from ser.serving.live import live_step
 from ser.serving.live_panel import LiveHandlers
-from ser.serving.middleware import create_serving
 from ser.serving.monitoring import AppMetrics, ClassPrior
 from ser.serving.uploads import UploadRegistry
 
 RATE = 16_000
-
-
-class PageRequest:
-    """What Gradio passes a handler for one browser session."""
-
-    def __init__(self, session_hash: str):
-        self.session_hash = session_hash
 
 
 class BrokenClassifier:
@@ -52,8 +41,8 @@ class BrokenClassifier:
 
 
 @pytest.fixture(scope="module")
-def classifier(tiny_whisper_ser_dir) -> EmotionClassifier:
-    return EmotionClassifier.from_pretrained(tiny_whisper_ser_dir, backend="torch")
+def classifier(tiny_whisper_classifier) -> EmotionClassifier:
+    return tiny_whisper_classifier
 
 
 @pytest.fixture(scope="module")
@@ -63,9 +52,7 @@ def speech_16k(espeak_speech) -> np.ndarray:
 
 
 def handlers_for(classifier, max_duration_s: float = 60.0) -> LiveHandlers:
-    sessions = LiveSessions(LiveConfig(max_duration_s=max_duration_s, confidence_threshold=0.0), limit=4)
-    state, guard = create_serving(classifier, ServingConfig(), 0.0, 1, user_errors=(gr.Error,), live_sessions=sessions)
-    return LiveHandlers(classifier, guard, state.metrics, sessions, LabelFiles(), QualityConfig(), TimelineConfig(confidence_threshold=0.0))
+    return live_handlers(classifier, max_duration_s)
 
 
 def ended(handlers: LiveHandlers, how: str) -> float:
