@@ -28,7 +28,7 @@ from transformers import HfArgumentParser
 
 from ser.audio.loader import ACCEPTED_FORMATS
 from ser.inference.backends import BackendError
-from ser.inference.hardware import limit_malloc_arenas, limit_numpy_blas_threads
+from ser.inference.hardware import limit_numpy_blas_threads, tune_malloc_for_serving
 from ser.inference.predictor import EmotionClassifier, ModelNotConfiguredError
 from ser.inference.quality import DEFAULT_CONFIDENCE_THRESHOLD, QualityConfig, assess_quality, get_speech_detector
 from ser.inference.timeline import TimelineConfig
@@ -224,7 +224,7 @@ def build_demo(
 
 @functools.cache
 def _configured_demo() -> gr.Blocks:
-    limit_malloc_arenas(2)  # as main() does, for `gradio app.py`
+    tune_malloc_for_serving()  # as main() does, for `gradio app.py`
     return build_demo(load_classifier())
 
 
@@ -243,8 +243,8 @@ def main() -> None:
     (args,) = HfArgumentParser(AppArguments).parse_args_into_dataclasses()
     # Before any numpy work: idle OpenBLAS threads spinning next to the model doubled its time here.
     limit_numpy_blas_threads(1)
-    # Before the server's threads: one malloc arena per thread let RSS climb with live traffic.
-    limit_malloc_arenas(2)
+    # Before the server's threads: glibc's defaults let RSS climb with live traffic (audio buffers of every size).
+    tune_malloc_for_serving()
     try:
         classifier = load_classifier(args.model, args.backend)
     except (ModelNotConfiguredError, BackendError) as error:

@@ -195,9 +195,9 @@ def test_a_closed_page_frees_gradio_state_of_it_too(classifier):
     assert forget_gradio_session(demo, "page-1") is False
 
 
-def test_malloc_arenas_are_capped_where_the_c_library_is_glibc():
+def test_malloc_is_tuned_where_the_c_library_is_glibc():
     import platform
 
-    from ser.inference.hardware import limit_malloc_arenas
+    from ser.inference.hardware import tune_malloc_for_serving
 
-    assert limit_malloc_arenas(2) is (platform.libc_ver()[0] == "glibc")
+    assert tune_malloc_for_serving() is (platform.libc_ver()[0] == "glibc")

@@ -210,30 +210,49 @@ def limit_numpy_blas_threads(limit: int = 1) -> list[dict]:
     return pools
 
 
-#: glibc's mallopt parameter for the number of malloc arenas (malloc.h: M_ARENA_MAX).
+#: glibc's mallopt parameters (malloc.h): the number of malloc arenas, and the size from which an
+#: allocation gets its own mmap (handed back to the system when freed).
 _M_ARENA_MAX = -8
+_M_MMAP_THRESHOLD = -3
 
 
-def limit_malloc_arenas(arenas: int = 2) -> bool:
-    """Cap glibc's malloc arenas for the rest of the process (as ``MALLOC_ARENA_MAX`` would at start).
+def tune_malloc_for_serving(arenas: int = 2, mmap_threshold_bytes: int = 128 * 1024) -> bool:
+    """Keep a long-running server's C heap from growing with traffic that holds no memory (as
+    ``MALLOC_ARENA_MAX`` and ``MALLOC_MMAP_THRESHOLD_`` would at start).
 
-    A server's worker threads (Gradio runs each handler in one of up to 40) each get an arena of
-    their own by default (up to 8 per core); audio buffers of many sizes freed in one and allocated
-    in another leave every arena fragmented, and RSS climbs with traffic that holds no memory: 80 MB
-    over 32 live sessions with the default, 9 MB with two arenas (benchmarks/live_soak.py). Returns
-    whether the cap was set (False where the C library is not glibc).
+    By default glibc gives each thread that allocates an arena of its own (Gradio runs handlers in
+    up to 40 threads), and raises its mmap threshold to the largest block freed so far, so that audio
+    buffers (a 60 s live recording is 3.8 MB) end up in those arenas' heaps; buffers of every length,
+    freed in one thread and allocated in another, leave the heaps fragmented and RSS climbs. With two
+    arenas and a fixed 128 kB threshold (buffers above it are mapped and unmapped whole), 32 live
+    sessions in a row left RSS 4 MB higher, against 80 MB with glibc's defaults (an in-process run of
+    ``ser.serving.devserver.LiveStreamClient`` sessions; ``benchmarks/live_soak.py`` measures the app).
+    Returns whether both were set (False where the C library is not glibc).
     """
+    mallopt = _libc_function("mallopt")
+    if mallopt is None or not (mallopt(_M_ARENA_MAX, arenas) and mallopt(_M_MMAP_THRESHOLD, mmap_threshold_bytes)):
+        logger.info("malloc not tuned (not glibc)")
+        return False
+    logger.info("malloc tuned for serving: %d arenas, mmap from %d kB", arenas, mmap_threshold_bytes // 1024)
+    return True
+
+
+def release_free_memory() -> bool:
+    """Hand the C heap's free pages back to the system (glibc's ``malloc_trim(0)``), e.g. after a
+    live recording's buffers and its Stop's whole-recording pass are freed; whether anything went
+    back (False also where the C library is not glibc)."""
+    trim = _libc_function("malloc_trim")
+    return bool(trim(0)) if trim is not None else False
+
+
+@functools.cache
+def _libc_function(name: str):
+    """A function of the process's C library, or ``None`` where it has none of that name (not glibc)."""
     import ctypes
     import ctypes.util
 
-    name = ctypes.util.find_library("c")
+    library = ctypes.util.find_library("c")
     try:
-        libc = ctypes.CDLL(name) if name else None
-        mallopt = getattr(libc, "mallopt", None)
+        return getattr(ctypes.CDLL(library), name, None) if library else None
     except OSError:
-        mallopt = None
-    if mallopt is None or not mallopt(_M_ARENA_MAX, arenas):
-        logger.info("malloc arenas not capped (not glibc)")
-        return False
-    logger.info("malloc arenas capped at %d", arenas)
-    return True
+        return None

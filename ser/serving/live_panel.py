@@ -13,6 +13,7 @@ import soundfile
 
 from ser.audio.loader import AudioError
 from ser.core.statistics import EmbeddingStatistics
+from ser.inference.hardware import release_free_memory
 from ser.inference.predictor import EmotionClassifier
 from ser.inference.quality import QualityConfig, assess_quality, decide, get_speech_detector
 from ser.inference.timeline import TimelineConfig, timeline_figure, timeline_for_waveform
@@ -174,6 +175,9 @@ class LiveHandlers:
         except ServingError as error:
             self.metrics.observe_live_end("stop_failed")
             raise user_error(str(error)) from error
+        finally:
+            del waveform
+            release_free_memory()  # the recording and the whole-recording pass's buffers, back to the system
         self.metrics.observe_live_end("stop")
         return answer
 
@@ -184,6 +188,7 @@ class LiveHandlers:
             self.guard.uploads.release_claims(key)
         if key and self.sessions.close(key):
             self.metrics.observe_live_end("closed")
+            release_free_memory()
             logger.info("Live session closed with its page; freed")
 
     def reset(self, calibrate: bool, request: gr.Request) -> str:

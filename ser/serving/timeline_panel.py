@@ -83,7 +83,7 @@ def build_timeline_panel(
         result = timeline_of(audio, progress)
         return timeline_figure(result, classifier.labels), timeline_table(result), timeline_summary(result), result.records()
 
-    with gr.Accordion("Long recording: emotion timeline", open=False):
+    with gr.Accordion("Long recording: emotion timeline", open=False, elem_id="timeline-panel"):
         gr.Markdown(
             "Upload a conversation or a long recording. Speech is found with a voice activity detector, cut into "
             f"segments of at most {timeline_config.max_segment_s:g} s, and each segment is classified. "
@@ -97,8 +97,8 @@ def build_timeline_panel(
         )
         long_audio = gr.Audio(sources=["upload"], type="filepath", label="Recording")
         timeline_button = gr.Button("Build timeline", variant="primary")
-        timeline_info = gr.Markdown()
-        timeline_plot = gr.Plot(label="Emotion timeline")
+        timeline_info = gr.Markdown(elem_id="timeline-info")
+        timeline_plot = gr.Plot(label="Emotion timeline", elem_id="timeline-plot")
         timeline_rows = gr.Dataframe(headers=TABLE_HEADERS, label="Segments", interactive=False)
         with gr.Accordion("Segments as JSON (what the API returns)", open=False):
             timeline_json = gr.JSON(label="Segments")
