@@ -93,7 +93,8 @@ def make_examples(ravdess_dir: Path, output_dir: Path) -> list[dict]:
     entries.append(
         {
             "file": name, "panel": TIMELINE_PANEL, "emotion": None, "actor": TIMELINE_ACTOR, "intensity": "strong (neutral: normal)",
-            "label": f"RAVDESS actor {TIMELINE_ACTOR}: {', '.join(TIMELINE_ORDER)}, two sentences each ({len(recording) / TARGET_SAMPLE_RATE:.0f} s)",
+            "label": f"RAVDESS actor {TIMELINE_ACTOR}: six emotions in {len(recording) / TARGET_SAMPLE_RATE:.0f} s",
+            "order": list(TIMELINE_ORDER),
             "sources": sources,
         }
     )

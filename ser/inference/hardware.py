@@ -223,10 +223,9 @@ def tune_malloc_for_serving(arenas: int = 2, mmap_threshold_bytes: int = 128 * 1
     By default glibc gives each thread that allocates an arena of its own (Gradio runs handlers in
     up to 40 threads), and raises its mmap threshold to the largest block freed so far, so that audio
     buffers (a 60 s live recording is 3.8 MB) end up in those arenas' heaps; buffers of every length,
-    freed in one thread and allocated in another, leave the heaps fragmented and RSS climbs. With two
-    arenas and a fixed 128 kB threshold (buffers above it are mapped and unmapped whole), 32 live
-    sessions in a row left RSS 4 MB higher, against 80 MB with glibc's defaults (an in-process run of
-    ``ser.serving.devserver.LiveStreamClient`` sessions; ``benchmarks/live_soak.py`` measures the app).
+    freed in one thread and allocated in another, leave the heaps fragmented and RSS climbs. Two
+    arenas and a fixed 128 kB threshold (buffers above it are mapped and unmapped whole) cut the
+    growth over 100 live sessions from 196 MB to 67 MB (``benchmarks/live_soak.py``; docs/serving.md).
     Returns whether both were set (False where the C library is not glibc).
     """
     mallopt = _libc_function("mallopt")
