@@ -162,12 +162,12 @@ def stale_bars_opacity(playwright, url: str) -> float:
         open_app(page, url)
         page.get_by_text("Live mode: the bars move while you speak").click()
         page.locator("#live-bars").wait_for(timeout=UI_TIMEOUT_MS)
-        return float(
-            page.evaluate(
-                """() => { const bars = document.querySelector('#live-bars'); bars.classList.add('live-stale');
-                           bars.style.transition = 'none'; return getComputedStyle(bars).opacity; }"""
-            )
-        )
+        page.evaluate("() => { const bars = document.querySelector('#live-bars'); bars.style.transition = 'none'; bars.classList.add('live-stale'); }")
+        try:  # the page draws its components one after another: give the style a moment to arrive
+            page.wait_for_function("() => getComputedStyle(document.querySelector('#live-bars')).opacity < 0.99", timeout=10_000)
+        except sync_api.TimeoutError:
+            pass  # no style: the assertion below says so
+        return float(page.evaluate("() => getComputedStyle(document.querySelector('#live-bars')).opacity"))
     finally:
         browser.close()
 
