@@ -11,7 +11,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import TypeVar
+from typing import NoReturn, TypeVar
 
 from ser.serving.limits import RequestTimeoutError, ServerError, ServingError, UploadGoneError
 from ser.serving.monitoring import AppMetrics
@@ -80,10 +80,7 @@ class RequestGuard:
                 f"No answer within the {self.timeout_s:g} s request time limit (--request_timeout_s); try a shorter clip or again later."
             ) from None
         except BaseException as error:
-            outcome = self._outcome_of(error, audio_path, time.perf_counter() - started)
-            if outcome is error:
-                raise
-            raise outcome from error
+            self._raise_outcome(error, audio_path, time.perf_counter() - started)
         finally:
             # Deleted before the answer leaves (so nothing is left once a client has it), except after a
             # timeout: then when the work really stops, never while it may still read the file.
@@ -93,6 +90,12 @@ class RequestGuard:
                 self.uploads.release(audio_path)
         self.metrics.observe_answer(probabilities(result), time.perf_counter() - started)
         return result
+
+    def _raise_outcome(self, error: BaseException, audio_path: str | None, elapsed_s: float) -> NoReturn:
+        outcome = self._outcome_of(error, audio_path, elapsed_s)
+        if outcome is error:
+            raise error
+        raise outcome from error
 
     def _outcome_of(self, error: BaseException, audio_path: str | None, elapsed_s: float) -> BaseException:
         """Count and log a failed request; returns what to raise: the refusal itself (one log line, no
@@ -120,10 +123,7 @@ class RequestGuard:
         try:
             yield
         except BaseException as error:
-            outcome = self._outcome_of(error, audio_path, time.perf_counter() - started)
-            if outcome is error:
-                raise
-            raise outcome from error
+            self._raise_outcome(error, audio_path, time.perf_counter() - started)
         finally:
             self.uploads.release(audio_path, owner)
 
