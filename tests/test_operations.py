@@ -142,6 +142,24 @@ def test_upload_registry_deletes_after_the_last_pending_use(tmp_path):
     assert uploads.sweep(now=10**9) == 1 and not abandoned.exists()
 
 
+def test_unread_live_slices_go_when_their_recording_ends_and_a_new_recordings_stay(tmp_path):
+    import time
+
+    uploads = UploadRegistry(tmp_path)
+    silence = tmp_path / "h" / "audio.wav"  # identical slices (digital silence) share one path
+    silence.parent.mkdir()
+    silence.write_bytes(b"x")
+    uploads.register([str(silence)])
+    uploads.claim("page", [str(silence)])  # the old recording's slice, never read
+    stop = time.monotonic()
+    uploads.register([str(silence)])
+    uploads.claim("page", [str(silence)])  # the next recording's first slice, after Stop began
+    assert uploads.release_claims("page", claimed_before=stop) == 0 and silence.exists()  # one use left
+    assert uploads.release(silence, owner="page") is True and not silence.exists()  # read: gone
+    assert uploads.release_claims("page") == 0  # nothing claimed any more
+    assert uploads.pending() == 0
+
+
 def test_upload_identical_to_an_example_is_never_deleted(tmp_path):
     example = REPO_ROOT / "examples" / "neutral_actor23.flac"
     uploads = UploadRegistry(tmp_path / "up", keep_files=[example])

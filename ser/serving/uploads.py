@@ -47,8 +47,9 @@ class UploadRegistry:
         self.ttl_s = ttl_s
         self._keep = {(Path(path).name, _sha256(Path(path))) for path in keep_files}
         self._pending: dict[str, _Pending] = {}
-        #: Live-mode slices by browser session: owner -> {path key: (uses claimed, when first claimed)}.
-        self._claims: dict[str, dict[str, tuple[int, float]]] = {}
+        #: Live-mode slices by browser session: owner -> {path key: when each unread use was claimed}.
+        #: Identical slices (digital silence) share one path, so a path can be claimed more than once.
+        self._claims: dict[str, dict[str, list[float]]] = {}
         self._lock = threading.Lock()
         self._sweeper: threading.Thread | None = None
         self.deleted = 0
@@ -78,21 +79,24 @@ class UploadRegistry:
         with self._lock:
             claims = self._claims.setdefault(owner, {})
             for path in paths:
-                key = str(Path(path).resolve())
-                uses, since = claims.get(key, (0, now))
-                claims[key] = (uses + 1, since)
+                claims.setdefault(str(Path(path).resolve()), []).append(now)
 
     def release_claims(self, owner: str, claimed_before: float | None = None) -> int:
         """Delete ``owner``'s slices that no handler read (claimed before ``claimed_before``, a
         ``time.monotonic()`` value, when given: a new recording's slices stay); how many files went."""
+        stale: list[str] = []
         with self._lock:
             claims = self._claims.get(owner, {})
-            stale = {key: uses for key, (uses, since) in claims.items() if claimed_before is None or since < claimed_before}
-            for key in stale:
-                del claims[key]
+            for key, times in list(claims.items()):
+                kept = [when for when in times if claimed_before is not None and when >= claimed_before]
+                stale += [key] * (len(times) - len(kept))
+                if kept:
+                    claims[key] = kept
+                else:
+                    del claims[key]
             if not claims:
                 self._claims.pop(owner, None)
-        return sum(self.release(key) for key, uses in stale.items() for _ in range(uses))
+        return sum(self.release(key) for key in stale)
 
     def release(self, path: str | Path | None, owner: str | None = None) -> bool:
         """One request that used ``path`` is done; delete the file when no other upload of it is pending.
@@ -101,11 +105,10 @@ class UploadRegistry:
             return False
         key = str(Path(path).resolve())
         with self._lock:
-            if owner is not None and key in self._claims.get(owner, {}):
-                uses, since = self._claims[owner][key]
-                if uses > 1:
-                    self._claims[owner][key] = (uses - 1, since)
-                else:
+            times = self._claims.get(owner, {}).get(key) if owner is not None else None
+            if times:
+                times.pop(0)  # the oldest claim: slices are read in the order they were sent
+                if not times:
                     del self._claims[owner][key]
             entry = self._pending.get(key)
             if entry is None:
