@@ -125,13 +125,24 @@ def run(data_args: DataArguments, model_args: ModelArguments, training_args, com
         raise TrainSetupError("--label_smoothing_factor puts mass on every class, masked ones too: drop it or --mask_absent_classes.")
     if data_args.standardize_per_corpus and frozen_embedding_model(model) is None:
         raise TrainSetupError("--standardize_per_corpus needs a frozen Whisper encoder (--trainable_encoder_layers 0).")
+    embed = None
+    if data_args.cache_frozen_states:
+        from ser.training.partial_finetune import fine_tune_on_cached_states
+
+        if not hasattr(model, "embed_from_state"):
+            raise TrainSetupError("--cache_frozen_states fine-tunes a WhisperSer's top blocks: use a Whisper checkpoint.")
+        embed = fine_tune_on_cached_states(model, feature_extractor, data_args, model_args, training_args, split, waveform_of, label2id, training_extras)
     embedding_model = frozen_embedding_model(model)
+    if getattr(model.config, "adapted_head", False) and (embedding_model is None or model_args.head_solver != "lbfgs"):
+        raise TrainSetupError("adapted_head=true is fitted by --head_solver lbfgs on a frozen Whisper encoder: set both, or drop it.")
     adapted_test_datasets = {}
+    adapted_train_dataset = None
     if embedding_model is not None:
         # A frozen encoder: embed every clip once (cached on disk), train only the head.
-        datasets = embedding_datasets(embedding_model, feature_extractor, data_args, split, waveform_of, label2id, training_extras)
+        datasets = embedding_datasets(embedding_model, feature_extractor, data_args, split, waveform_of, label2id, training_extras, embed)
         train_dataset, eval_dataset, test_dataset = datasets["train"], datasets["eval"], datasets["test"]
         adapted_test_datasets = {"speaker": datasets["test_speaker_adapted"], "corpus": datasets["test_corpus_adapted"]}
+        adapted_train_dataset = datasets["train_speaker_standardised"]
         data_collator = collate_embeddings
     else:
         if model_args.head_solver != "trainer":
@@ -182,11 +193,14 @@ def run(data_args: DataArguments, model_args: ModelArguments, training_args, com
 
         if data_args.class_balance == "sampler":
             raise TrainSetupError("--head_solver lbfgs fits on every clip at once: use --class_balance weighted_loss, corpus_class or none.")
+        fitted = [(train_dataset, False)] + ([(adapted_train_dataset, True)] if adapted_train_dataset is not None else [])
         if data_args.class_balance == "weighted_loss":
             weights = class_weights(train_label_ids, len(labels)).numpy()
-            train_dataset.extras["loss_weight"] = torch.from_numpy(weights[np.asarray(train_label_ids)]).float()
+            for fitted_dataset, _ in fitted:
+                fitted_dataset.extras["loss_weight"] = torch.from_numpy(weights[np.asarray(train_label_ids)]).float()
         try:
-            fit_linear_head(model, train_dataset, model_args.l2_C)
+            for fitted_dataset, adapted in fitted:
+                fit_linear_head(model, fitted_dataset, model_args.l2_C, adapted=adapted)
         except ValueError as error:
             raise TrainSetupError(str(error)) from error
         model.eval()

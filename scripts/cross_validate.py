@@ -106,8 +106,8 @@ _NOT_RECIPE_DATA_KEYS = {
     "data_dir", "test_speakers", "eval_speakers", "exclude_speakers", "test_fraction", "eval_fraction", "split_seed", "max_eval_samples",
     "test_corpora", "embedding_cache_dir",
 }  # fmt: skip
-#: train.py model flags that are part of a recipe (how the head is fitted).
-RECIPE_MODEL_KEYS = ("head_solver", "l2_C")
+#: train.py model flags that are part of a recipe (how the head is fitted, which blocks are fine-tuned).
+RECIPE_MODEL_KEYS = ("head_solver", "l2_C", "trainable_encoder_layers", "head_learning_rate", "corpus_adversarial_weight")
 
 
 def recipe_arguments(train_config: dict) -> dict:

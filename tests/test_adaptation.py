@@ -15,9 +15,13 @@ from ser.inference.adaptation import (
     MIN_ADAPTATION_CLIPS,
     NO_SPEAKER,
     TOO_FEW_CLIPS,
+    TOO_UNIFORM,
     AdaptationUnsupportedError,
     adapted_probabilities,
+    dominant_answer,
     plan_adaptation,
+    plan_for,
+    too_uniform,
 )
 from ser.inference.predictor import EmotionClassifier
 
@@ -163,6 +167,36 @@ def test_speaker_plan_falls_back_to_the_corpus_and_counts_why():
         plan_adaptation(embeddings, "per-clip")
 
 
+def test_dominant_answer_and_too_uniform_exact():
+    answers = np.array([[0.7, 0.2, 0.1], [0.5, 0.4, 0.1], [0.3, 0.6, 0.1]])
+    index, share = dominant_answer(answers)
+    assert index == 0 and share == pytest.approx(0.5)
+    assert not too_uniform(answers, max_share=0.5) and too_uniform(answers, max_share=0.49)
+    assert not too_uniform(None) and not too_uniform(np.zeros((0, 3)))
+
+
+def test_a_group_whose_answers_one_class_dominates_is_not_adapted():
+    rng = np.random.default_rng(2)
+    embeddings = rng.normal(0, 1, (12, 4))
+    mixed = np.eye(3)[np.arange(6) % 3] * 0.8 + 0.2 / 3  # a speaker answered in three classes alike
+    sad = np.tile([0.1, 0.1, 0.8], (6, 1))  # a speaker whose clips all sound like class 2
+    plan = plan_adaptation(embeddings, "speaker", ["a"] * 6 + ["b"] * 6, min_clips=5, answers=np.concatenate([mixed, sad]), max_dominant_share=0.6)
+    assert plan.speakers == {"a": 6} and plan.fallback == {TOO_UNIFORM: 6}
+    corpus = EmbeddingStatistics.of(embeddings)
+    np.testing.assert_allclose(plan.per_clip[6].mean, corpus.mean)  # b gets the corpus's statistics
+    # A corpus whose answers are all one class is not adapted at all.
+    uniform = plan_adaptation(embeddings, "corpus", answers=np.tile([0.05, 0.05, 0.9], (12, 1)), min_clips=5)
+    assert uniform.per_clip == [None] * 12 and uniform.to_dict()["corpus_answers_too_uniform"] is True
+
+
+def test_plan_for_uses_the_classifiers_single_clip_answers(whisper_classifier):
+    embeddings = whisper_classifier.embed_batch(_clips(10))
+    single = whisper_classifier.probabilities_from_embeddings(embeddings)
+    share = dominant_answer(single)[1]
+    assert plan_for(whisper_classifier, embeddings, "corpus", max_dominant_share=share + 0.01).adapted_clips == 10
+    assert plan_for(whisper_classifier, embeddings, "corpus", max_dominant_share=share - 0.01).adapted_clips == 0
+
+
 def test_adapted_probabilities_classify_each_group_with_its_own_statistics(whisper_classifier):
     clips = _clips(10)
     embeddings = whisper_classifier.embed_batch(clips)
@@ -267,6 +301,12 @@ def test_timeline_adapts_to_the_recording_once_it_has_enough_segments(whisper_cl
     np.testing.assert_allclose(single, whisper_classifier.predict_proba(cuts), atol=1e-5)
     assert np.abs(single - got).max() > 1e-3
 
+    # Segments whose single-segment answers one class dominates are not adapted to, and the note says why.
+    index, share = dominant_answer(single)
+    uniform = timeline_for_waveform(whisper_classifier, sentences, 16_000, TimelineConfig(min_adaptation_segments=6, max_dominant_share=share - 0.01))
+    assert not uniform.adapted and f"mostly sound {whisper_classifier.labels[index]} ({share:.0%} of their answers)" in uniform.adaptation_note
+    np.testing.assert_allclose([[s.probabilities[label] for label in whisper_classifier.labels] for s in uniform.segments], single, atol=1e-6)
+
     too_few = timeline_for_waveform(whisper_classifier, sentences, 16_000, TimelineConfig(min_adaptation_segments=7))
     assert not too_few.adapted and "6 segments, at least 7 needed" in too_few.adaptation_note
     np.testing.assert_allclose([[s.probabilities[label] for label in whisper_classifier.labels] for s in too_few.segments], single, atol=1e-6)
@@ -308,3 +348,76 @@ def test_every_emovo_clip_gets_its_speaker():
     clips = scan_corpus(emovo).clips
     assert clips and all(clip.corpus == "emovo" for clip in clips)
     assert sorted({clip.speaker for clip in clips}) == ["f1", "f2", "f3", "m1", "m2", "m3"]
+
+
+# -- the adapted head --------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def adapted_head_dir(tiny_whisper_checkpoint_dir, tmp_path_factory):
+    """A tiny WhisperSer with a second (adapted) head whose weights differ from the single-clip head's."""
+    from ser.core.labels import DEFAULT_LABELS, label_maps
+    from ser.models.presets import feature_extractor_for
+    from ser.models.whisper_ser import from_whisper_checkpoint
+
+    torch.manual_seed(1)
+    model = from_whisper_checkpoint(
+        str(tiny_whisper_checkpoint_dir), label_maps(DEFAULT_LABELS)[0], "layers=[1,2],head_hidden_size=0,ensemble_size=1,layer_pooling=concat,adapted_head=true"
+    )
+    with torch.no_grad():
+        model.adapted_heads[0].classifier.weight.normal_(0.0, 0.5)
+        model.embedding_var.uniform_(0.5, 2.0)
+    directory = tmp_path_factory.mktemp("adapted_head")
+    model.save_pretrained(directory)
+    feature_extractor_for(model.config).save_pretrained(directory)
+    return directory
+
+
+def test_other_statistics_than_the_training_sets_go_to_the_adapted_head(adapted_head_dir):
+    from transformers import AutoModelForAudioClassification
+
+    model = AutoModelForAudioClassification.from_pretrained(adapted_head_dir).eval()
+    assert model.config.adapted_head and len(model.adapted_heads) == 1
+    embedding = torch.randn(3, *model.embedding_mean.shape)
+    mean, var = torch.randn_like(model.embedding_mean), torch.rand_like(model.embedding_var) + 0.5
+    with torch.no_grad():
+        single, _ = model.classify_embedding(embedding)
+        adapted, _ = model.classify_embedding(embedding, mean, var)
+        standardised = lambda m, v: ((embedding - m) / torch.sqrt(v + 1e-5)).flatten(1)  # noqa: E731
+        torch.testing.assert_close(single, model.heads[0].classifier(standardised(model.embedding_mean, model.embedding_var)))
+        torch.testing.assert_close(adapted, model.adapted_heads[0].classifier(standardised(mean, var)))
+    # The classifier serves both heads, on every backend: the graph gives the embedding, the heads run after it.
+    clips = _clips(4)
+    for backend in ("torch", "onnx"):
+        classifier = EmotionClassifier.from_pretrained(adapted_head_dir, backend=backend)
+        embeddings = classifier.embed_batch(clips)
+        statistics = EmbeddingStatistics.of(embeddings)
+        with torch.no_grad():
+            expected_single = torch.softmax(model.classify_embedding(torch.from_numpy(embeddings))[0], -1).numpy()
+            expected_adapted = torch.softmax(
+                model.classify_embedding(torch.from_numpy(embeddings), torch.from_numpy(statistics.mean).float(), torch.from_numpy(statistics.variance).float())[0], -1
+            ).numpy()
+        np.testing.assert_allclose(classifier.predict_proba(clips), expected_single, atol=1e-4)
+        np.testing.assert_allclose(classifier.predict_proba(clips, statistics), expected_adapted, atol=1e-4)
+        assert not np.allclose(expected_single, expected_adapted, atol=1e-2)
+
+
+def test_calibration_uniformity_summary_exact():
+    """scripts/calibration_uniformity.py: refusing sets over a threshold replaces their calibrated
+    accuracy with the single-clip one; the chosen threshold maximises the mean gain of the two kinds."""
+    from scripts.calibration_uniformity import summarise
+
+    sets = [
+        {"kind": "mixed", "share": 0.3, "single": 0.5, "calibrated": 0.7},
+        {"kind": "mixed", "share": 0.6, "single": 0.5, "calibrated": 0.6},
+        {"kind": "uniform", "share": 0.8, "single": 0.5, "calibrated": 0.2},
+        {"kind": "uniform", "share": 0.5, "single": 0.5, "calibrated": 0.4},
+    ]
+    result = summarise(sets)
+    assert result["sets"] == {"mixed": 2, "uniform": 2}
+    assert result["gain_without_the_check"] == {"mixed": pytest.approx(0.15), "uniform": pytest.approx(-0.2)}
+    at_055 = result["by_threshold"]["0.55"]
+    assert at_055["mixed"] == {"refused": 0.5, "gain_over_single": pytest.approx(0.1)}
+    assert at_055["uniform"] == {"refused": 0.5, "gain_over_single": pytest.approx(-0.05)}
+    # Below 0.50 the uniform set at 0.5 is refused too (no loss left): the mean gain is 0.05 from 0.30
+    # to 0.45, and the first threshold with the highest mean gain is the one chosen.
+    assert result["by_threshold"]["0.45"]["mean_gain"] == pytest.approx(0.05) and result["by_threshold"]["0.55"]["mean_gain"] == pytest.approx(0.025)
+    assert result["chosen_threshold"] == 0.3

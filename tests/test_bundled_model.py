@@ -63,6 +63,53 @@ def test_accuracy_on_held_out_actors_stays_above_the_floor(bundled):
     assert accuracy >= measured - ACCURACY_FLOOR_MARGIN
 
 
+@pytest.mark.parametrize("corpus", ["ravdess-actors-21-24", "emovo"])
+def test_calibrated_is_never_worse_than_single_clip_on_the_stored_metrics(corpus):
+    """Issue 28: the adapted head answers calibrated (each speaker's own statistics) and corpus-adapted
+    runs; neither may fall below the single-clip answer, on the test sets or on any held-out corpus of the
+    leave-one-corpus-out cross-validation of the shipped recipe."""
+    single = _bundled_metrics(corpus)["accuracy"]
+    adapted = [f"{corpus}-speaker-adapted"] + ([f"{corpus}-corpus-adapted"] if corpus == "emovo" else [])
+    for name in adapted:
+        assert _bundled_metrics(name)["accuracy"] >= single, name
+
+
+def test_calibrated_is_never_worse_on_any_held_out_corpus_of_the_shipped_recipe():
+    from scripts.cross_validate import recipe_arguments, recipe_config
+    from scripts.make_model_card import CV_FOLDER, cv_candidates, cv_table
+
+    config, train_config = (json.loads((BUNDLED_MODEL_DIR / name).read_text()) for name in ("config.json", "train_config.json"))
+    _, shipped = cv_table(cv_candidates(BUNDLED_MODEL_DIR, recipe_config(config), recipe_arguments(train_config), CV_FOLDER))
+    single = json.loads((BUNDLED_MODEL_DIR / CV_FOLDER / f"{shipped}.json").read_text())
+    calibrated = json.loads((BUNDLED_MODEL_DIR / "cv" / "loco_speaker_adapted" / f"{shipped}.json").read_text())
+    for plain, adapted in zip(single["folds"], calibrated["folds"], strict=True):
+        assert adapted["held_out_corpus"] == plain["held_out_corpus"] and adapted["accuracy"] >= plain["accuracy"], plain
+    # Corpus-adapted beats single clip on average (on held-out RAVDESS alone it does not: docs/training.md).
+    corpus_adapted = json.loads((BUNDLED_MODEL_DIR / "cv" / "loco_corpus_adapted" / f"{shipped}.json").read_text())
+    assert corpus_adapted["mean_accuracy"] >= single["mean_accuracy"]
+
+
+@requires_shared_data
+def test_ten_sad_clips_do_not_make_an_actors_angry_clips_worse(bundled):
+    """Calibrating to one test actor's sad clips only (ten: his eight, the first two twice) is no voice
+    profile: his angry clips must not be answered worse than single clip."""
+    from ser.audio.loader import load_audio
+    from ser.evaluation.selection import select_clips
+    from ser.serving.calibration import Calibration
+
+    for actor in ("21", "22", "23", "24"):
+        clips = select_clips(SHARED_DATA / "ravdess", bundled.labels, speakers={actor}).clips
+        sad = [load_audio(clip.path) for clip in clips if clip.label == "sad"]
+        angry = [load_audio(clip.path) for clip in clips if clip.label == "angry"]
+        calibration = Calibration()
+        for waveform in (sad + sad)[:10]:
+            _, calibration = calibration.classify(bundled, waveform)
+        single = bundled.predict_proba(angry).argmax(axis=1)
+        calibrated = bundled.predict_proba(angry, calibration.standardisation()).argmax(axis=1)
+        angry_index = bundled.labels.index("angry")
+        assert np.mean(calibrated == angry_index) >= np.mean(single == angry_index), (actor, calibration.summary(bundled.labels))
+
+
 def test_model_card_is_generated_from_the_metrics_files():
     from scripts.make_model_card import CARD_PATH, render_model_card
 
@@ -146,12 +193,28 @@ def test_cv_candidates_read_settings_missing_from_a_config_as_their_defaults(tmp
 
 def test_bundled_model_recipe_is_one_of_its_cross_validated_candidates():
     from scripts.cross_validate import recipe_arguments, recipe_config
-    from scripts.make_model_card import CV_FOLDER, cv_candidates, cv_table, loco_table
+    from scripts.make_model_card import CV_FOLDER, chosen_loco_candidate, cv_candidates, cv_table
 
     config, train_config = (json.loads((BUNDLED_MODEL_DIR / name).read_text()) for name in ("config.json", "train_config.json"))
     candidates = cv_candidates(BUNDLED_MODEL_DIR, recipe_config(config), recipe_arguments(train_config), CV_FOLDER)
     _, shipped = cv_table(candidates)
     assert shipped is not None, f"the shipped model matches no {BUNDLED_MODEL_DIR.name}/{CV_FOLDER}/*.json: run scripts/cross_validate_multicorpus.sh"
-    # ... and it is the one the rule picks: the highest mean single-clip accuracy over the held-out corpora.
-    rows, _ = loco_table(candidates, {})
-    assert f"| {shipped} |" in rows[0]
+    # ... and it is the one the rule picks: the highest mean single-clip accuracy over the held-out corpora
+    # among the candidates whose calibrated accuracy is never below single clip on a held-out corpus.
+    speaker_adapted = {path.stem: json.loads(path.read_text()) for path in (BUNDLED_MODEL_DIR / "cv" / "loco_speaker_adapted").glob("*.json")}
+    assert chosen_loco_candidate(candidates, speaker_adapted) == shipped
+
+
+def test_the_selection_rule_skips_candidates_whose_calibration_costs_accuracy():
+    from scripts.make_model_card import calibration_never_worse, chosen_loco_candidate, loco_table
+
+    def cv(*accuracies):
+        folds = [{"held_out_corpus": corpus, "accuracy": accuracy} for corpus, accuracy in zip(("ravdess", "emodb", "nemo"), accuracies)]
+        return {"folds": folds, "mean_accuracy": float(np.mean(accuracies))}
+
+    candidates = [("best", cv(0.6, 0.7, 0.5), {"a": (1, 0)}), ("second", cv(0.58, 0.7, 0.5), {}), ("unmeasured", cv(0.7, 0.7, 0.7), {"b": (1, 0)})]
+    speaker = {"best": cv(0.59, 0.8, 0.6), "second": cv(0.6, 0.7, 0.6)}
+    assert not calibration_never_worse(candidates[0][1], speaker["best"]) and calibration_never_worse(candidates[1][1], speaker["second"])
+    assert chosen_loco_candidate(candidates, speaker) == "second"
+    rows, shipped = loco_table(candidates, {}, speaker)
+    assert shipped == "second" and rows[1].endswith("| 0.663 (below single clip on a held-out corpus) |") and rows[0].endswith("| - | - |")

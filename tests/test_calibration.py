@@ -63,8 +63,46 @@ def test_calibrated_from_the_minimum_number_of_clips_on(classifier, voices):
             np.testing.assert_allclose(got, classifier.predict_proba([waveforms[index]], statistics)[0], atol=1e-5)
     # What the client keeps is statistics only, and it round-trips through JSON.
     payload = json.loads(json.dumps(calibration.to_dict()))
-    assert sorted(payload) == ["count", "mean", "sum_squares"]
-    assert Calibration.from_dict(payload, classifier.embedding_shape).clips == len(voices["low"])
+    assert sorted(payload) == ["answers", "count", "mean", "sum_squares"]
+    restored = Calibration.from_dict(payload, classifier.embedding_shape, num_labels=len(classifier.labels))
+    assert restored.clips == len(voices["low"]) and restored.calibrated
+    np.testing.assert_allclose(restored.answers.mean, calibration.answers.mean)
+
+
+def test_ten_clips_of_one_emotion_are_no_voice_profile():
+    """Clips whose uncalibrated answers one class dominates do not calibrate; the page and API say why,
+    and clips in other moods make it calibrate again."""
+    labels = ["angry", "sad", "happy"]
+    calibration = Calibration(min_clips=4, capacity=10, max_dominant_share=0.6)
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        calibration = calibration.add(rng.normal(0, 1, (2, 3)), np.array([0.1, 0.8, 0.1]))
+    assert calibration.clips == 5 and calibration.too_uniform and not calibration.calibrated
+    assert calibration.standardisation() is None
+    assert calibration.dominant == (1, pytest.approx(0.8))
+    assert "mostly sound sad (80% of their answers)" in calibration.describe(labels)
+    assert calibration.summary(labels) | {} == {
+        "calibrated": False, "clips": 5, "min_clips": 4, "capacity": 10, "answers_too_uniform": True,
+        "dominant_answer": {"label": "sad", "share": 0.8},
+    }  # fmt: skip
+    for answer in ([0.8, 0.1, 0.1], [0.1, 0.1, 0.8], [0.8, 0.1, 0.1], [0.1, 0.1, 0.8]):
+        calibration = calibration.add(rng.normal(0, 1, (2, 3)), np.array(answer))
+    # Mean answer now (5 * 0.8 + 4 * 0.1) / 9 = 0.49 for sad: mixed enough.
+    assert calibration.dominant[1] == pytest.approx(4.4 / 9) and calibration.calibrated
+    assert calibration.standardisation() is calibration.statistics
+    # Fewer clips than needed is "not yet", never "too uniform".
+    few = Calibration(min_clips=4).add(np.zeros((2, 3)), np.array([0.0, 1.0, 0.0]))
+    assert not few.too_uniform and "Not calibrated yet" in few.describe(labels)
+    # The answers travel with the statistics and are checked like them.
+    payload = calibration.to_dict()
+    assert Calibration.from_dict(payload, (2, 3), num_labels=3).dominant == calibration.dominant
+    with pytest.raises(CalibrationError, match="one probability per class"):
+        Calibration.from_dict(payload, (2, 3), num_labels=6)
+    with pytest.raises(CalibrationError, match="not one this app returned"):
+        Calibration.from_dict(payload | {"answers": {"mean": [1.0]}}, (2, 3), num_labels=3)
+    # An older client's value without answers still calibrates (uniformity unknown).
+    legacy = {key: value for key, value in payload.items() if key != "answers"}
+    assert Calibration.from_dict(legacy, (2, 3), min_clips=4).calibrated
 
 
 def test_a_calibration_from_another_model_or_malformed_is_refused(classifier):
@@ -163,10 +201,13 @@ def test_predict_calibrated_api_carries_the_calibration_between_calls(server, vo
     calibration = None
     for index, path in enumerate(voices["high"]):
         label, info, answer, calibration = client.predict(handle_file(str(path)), calibration, api_name="/predict_calibrated")
+        dominant = answer["calibration"].pop("dominant_answer")
         assert answer["calibration"] == {
             "calibrated": index + 1 >= MIN_ADAPTATION_CLIPS, "clips": index + 1, "min_clips": MIN_ADAPTATION_CLIPS, "capacity": Calibration().capacity,
+            "answers_too_uniform": False,
         }
-        assert set(calibration) == {"mean", "sum_squares", "count"}
+        assert dominant["label"] in classifier.labels and 1 / len(classifier.labels) <= dominant["share"] <= 1
+        assert set(calibration) == {"mean", "sum_squares", "count", "answers"}
     waveforms = [load_audio(path) for path in voices["high"]]
     own = EmbeddingStatistics.of(classifier.embed_batch(waveforms))
     np.testing.assert_allclose(_probabilities(answer, classifier.labels), classifier.predict_proba(waveforms[-1:], own)[0], atol=1e-4)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from ser.audio.loader import DcBlocker, StreamingResampler, remove_dc_offset
-from ser.serving.live import LiveConfig, LiveSession, live_step, strip_html, voiced_fraction
+from ser.serving.live import LiveConfig, LiveSession, calibration_line, live_step, strip_html, voiced_fraction
 
 LABELS = ("angry", "sad")
 FRAME = 512
@@ -138,17 +138,29 @@ def test_headline_moves_and_smooths():
 
 def test_calibration_counts_one_window_per_three_seconds_and_then_standardises():
     session, classifier = LiveSession(config(max_duration_s=40.0)), SignClassifier()
-    session.calibration = type(session.calibration)(None, min_clips=3)
+    # One class throughout is too uniform to calibrate to by default (the next test); this one counts windows.
+    session.calibration = type(session.calibration)(None, min_clips=3, max_dominant_share=1.0)
     updates = feed(session, classifier, loud(10.0))
     assert session.calibration.clips == 3  # at 3, 6 and 9 s
     assert [update.calibrated for update in updates].index(True) == 17  # the update at 9 s
     assert classifier.statistics_seen[-1] is session.calibration.statistics
-    assert classifier.statistics_seen[15] is None and classifier.statistics_seen[16] is not None  # first voiced update: the 2nd
+    # Every calibrated answer, and only those, was standardised with the calibration's statistics.
+    assert sum(statistics is not None for statistics in classifier.statistics_seen) == sum(update.calibrated for update in updates)
     session.take_recording()
     feed(session, classifier, loud(1.0))
     assert session.calibration.clips == 3  # survives Stop and a new recording
     session.reset_calibration()
     assert session.calibration.clips == 0 and session.calibration.min_clips == 3
+
+
+def test_live_calibration_to_one_mood_only_is_not_used_and_says_why():
+    session, classifier = LiveSession(config(max_duration_s=40.0)), SignClassifier()
+    session.calibration = type(session.calibration)(None, min_clips=3)
+    updates = feed(session, classifier, loud(10.0))
+    assert session.calibration.clips == 3 and session.calibration.too_uniform
+    assert not any(update.calibrated for update in updates) and all(statistics is None for statistics in classifier.statistics_seen)
+    line = calibration_line(session, True, True, LABELS)
+    assert "not used" in line and "mostly sound angry (90% of their answers)" in line
 
 
 def test_calibration_off_and_models_that_cannot_adapt():

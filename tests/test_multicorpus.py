@@ -144,9 +144,9 @@ def test_two_corpora_in_one_run_with_lbfgs_linear_head(emodb_dir, nemo_dir, tiny
     output = tmp_path / "run"
     code = _train(
         "--data_dir", str(emodb_dir), str(nemo_dir), "--model_name_or_path", str(tiny_whisper_checkpoint_dir),
-        "--config_overrides", "layers=[1,2],head_hidden_size=0,ensemble_size=1,layer_pooling=concat",
+        "--config_overrides", "layers=[1,2],head_hidden_size=0,ensemble_size=1,layer_pooling=concat,adapted_head=true",
         "--head_solver", "lbfgs", "--l2_C", "0.01", "--class_balance", "corpus_class", "--mask_absent_classes", "true",
-        "--test_speakers", "emodb:9,nemo:kd0", "--eval_fraction", "0", "--embedding_copies", "",
+        "--test_speakers", "emodb:9,nemo:kd0", "--eval_fraction", "0", "--embedding_copies", "", "--corpus_mixup_copies", "1",
         "--embedding_cache_dir", str(tmp_path / "cache"), "--output_dir", str(output),
     )  # fmt: skip
     assert code == 0
@@ -163,12 +163,27 @@ def test_two_corpora_in_one_run_with_lbfgs_linear_head(emodb_dir, nemo_dir, tiny
     model = AutoModelForAudioClassification.from_pretrained(output)
     assert model.config.layer_pooling == "concat" and model.heads[0].classifier.in_features == 2 * 2 * model.config.encoder_config["d_model"]
     assert float(model.heads[0].classifier.weight.abs().sum()) > 0
+    # The adapted head was fitted too (on the clips standardised with their own speakers' statistics),
+    # and it is another head than the single-clip one.
+    adapted = model.adapted_heads[0].classifier
+    assert model.config.adapted_head and float(adapted.weight.abs().sum()) > 0
+    assert not torch.allclose(adapted.weight, model.heads[0].classifier.weight, atol=1e-4)
     # It serves like any model: single clips with the pooled statistics, adapted with others'.
     from ser.inference.predictor import EmotionClassifier
 
     classifier = EmotionClassifier.from_pretrained(str(output), backend="torch")
     probabilities = classifier.predict_proba([synth_clip(0, 1, duration_s=1.0)])
     assert probabilities.shape == (1, 6) and np.isclose(probabilities.sum(), 1.0, atol=1e-5)
+
+
+def test_adapted_head_needs_the_lbfgs_solver(emodb_dir, tiny_whisper_checkpoint_dir, tmp_path, caplog):
+    code = _train(
+        "--data_dir", str(emodb_dir), "--model_name_or_path", str(tiny_whisper_checkpoint_dir),
+        "--config_overrides", "layers=[1,2],head_hidden_size=0,ensemble_size=1,layer_pooling=concat,adapted_head=true",
+        "--head_solver", "trainer", "--test_speakers", "emodb:9", "--eval_fraction", "0",
+        "--embedding_cache_dir", str(tmp_path / "cache"), "--output_dir", str(tmp_path / "run"),
+    )  # fmt: skip
+    assert code != 0 and "adapted_head=true is fitted by --head_solver lbfgs" in caplog.text
 
 
 def test_held_out_corpus_with_trainer_and_corpus_standardisation(emodb_dir, nemo_dir, tiny_whisper_checkpoint_dir, tmp_path):
@@ -224,3 +239,17 @@ def test_leave_one_corpus_out_folds(tmp_path):
     pooled = pool_folds(folds)
     assert pooled["mean_accuracy"] == 0.6 and pooled["pooled_accuracy"] == 0.65
     assert [fold["held_out_corpus"] for fold in pooled["folds"]] == ["emodb", "nemo"]
+
+
+def test_cross_corpus_mixup_mixes_within_a_class_across_corpora_exact():
+    from ser.training.frozen_encoder import cross_corpus_mixup
+
+    embeddings = np.array([[0.0], [10.0], [100.0], [1000.0]])
+    labels, corpora = [0, 0, 1, 1], ["a", "b", "a", "a"]  # class 1 has no partner in another corpus
+    sources, mixed = cross_corpus_mixup(embeddings, labels, corpora, 3, 0.5, np.random.default_rng(0))
+    assert sources == [0, 0, 0, 1, 1, 1] and mixed.shape == (6, 1)
+    # Clip 0 mixes with clip 1 (and back), with its own side weighing 0.5-1.
+    assert np.all((mixed[:3, 0] >= 0.0) & (mixed[:3, 0] <= 5.0)) and np.all((mixed[3:, 0] >= 5.0) & (mixed[3:, 0] <= 10.0))
+    again = cross_corpus_mixup(embeddings, labels, corpora, 3, 0.5, np.random.default_rng(0))[1]
+    np.testing.assert_array_equal(mixed, again)
+    assert cross_corpus_mixup(embeddings, labels, corpora, 2, 1.0, np.random.default_rng(1))[1][:, 0].tolist() == [0.0, 0.0, 10.0, 10.0]

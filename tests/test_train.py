@@ -18,9 +18,12 @@ import pytest
 
 from ser.audio.augment import (
     AugmentConfig,
+    add_color_noise,
     add_noise,
     apply_gain,
     augment_waveform,
+    fixed_copy,
+    parse_fixed_copies,
     speed_perturb,
 )
 from ser.inference.predictor import EmotionClassifier
@@ -386,12 +389,56 @@ def test_augmentations():
     noisy = add_noise(clean, rng, (20.0, 20.0))
     snr_db = 10 * np.log10(np.mean(clean.astype(np.float64) ** 2) / np.mean((noisy - clean).astype(np.float64) ** 2))
     assert noisy.dtype == np.float32 and snr_db == pytest.approx(20.0, abs=0.2)
+    coloured = add_color_noise(clean, rng, (10.0, 10.0), 16_000)
+    snr_db = 10 * np.log10(np.mean(clean.astype(np.float64) ** 2) / np.mean((coloured - clean).astype(np.float64) ** 2))
+    assert snr_db == pytest.approx(10.0, abs=0.3)
     gained = apply_gain(clean, rng, 6.0)
     ratio = float(np.max(np.abs(gained)) / np.max(np.abs(clean)))
     assert 10 ** (-6 / 20) - 1e-6 <= ratio <= 10 ** (6 / 20) + 1e-6
     assert len(speed_perturb(clean, rng, [1.25], 16_000)) == pytest.approx(len(clean) / 1.25, abs=2)
-    config = AugmentConfig(noise_prob=1.0, gain_prob=1.0, speed_prob=1.0, speed_factors=(0.9,))
+    config = AugmentConfig(noise_prob=1.0, gain_prob=1.0, speed_prob=1.0, speed_factors=(0.9,), pitch_prob=1.0)
     first = augment_waveform(clean, np.random.default_rng(7), config, 16_000)
     second = augment_waveform(clean, np.random.default_rng(7), config, 16_000)
     assert np.array_equal(first, second) and len(first) == pytest.approx(len(clean) / 0.9, abs=2)
     assert not AugmentConfig(noise_prob=0, gain_prob=0, speed_prob=0).enabled
+
+
+def test_augmentation_leaves_the_global_generators_as_they_were():
+    import random
+
+    np.random.seed(3)
+    random.seed(3)
+    expected = (np.random.random(), random.random())
+    np.random.seed(3)
+    random.seed(3)
+    add_color_noise(np.ones(1600, np.float32), np.random.default_rng(0), (20.0, 20.0), 16_000)
+    assert (np.random.random(), random.random()) == expected
+
+
+def test_fixed_copies_exact_on_tiny_arrays():
+    tone = (0.1 * np.sin(2 * np.pi * 200 * np.arange(16_000) / 16_000)).astype(np.float32)
+    # Gain is exact, and clipped at full scale.
+    np.testing.assert_allclose(fixed_copy(tone, "gain_db=6", 16_000, 0), tone * 10 ** (6 / 20), rtol=1e-6)
+    assert float(np.max(fixed_copy(tone * 9, "gain_db=6", 16_000, 0))) == 1.0
+    # Tempo changes the length by the rate and keeps the pitch; pitch keeps the length and moves the pitch.
+    slower = fixed_copy(tone, "tempo=0.8", 16_000, 0)
+    assert len(slower) == pytest.approx(len(tone) / 0.8, rel=0.01)
+    higher = fixed_copy(tone, "pitch=12", 16_000, 0)
+    assert len(higher) == len(tone)
+
+    def peak_hz(waveform):
+        middle = waveform[len(waveform) // 4 : 3 * len(waveform) // 4]
+        return np.argmax(np.abs(np.fft.rfft(middle))) * 16_000 / len(middle)
+
+    assert peak_hz(slower) == pytest.approx(200, abs=5) and peak_hz(higher) == pytest.approx(400, abs=10)
+    # A copy is the same every time for a seed (what the embedding cache relies on), another seed differs.
+    noisy = fixed_copy(tone, "color_noise_snr_db=15", 16_000, 1)
+    assert np.array_equal(noisy, fixed_copy(tone, "color_noise_snr_db=15", 16_000, 1))
+    assert not np.array_equal(noisy, fixed_copy(tone, "color_noise_snr_db=15", 16_000, 2))
+    # The codec round trip keeps length and level, and loses detail.
+    coded = fixed_copy(tone, "opus_kbps=16", 16_000, 0)
+    assert len(coded) == len(tone) and 0.5 < float(np.std(coded) / np.std(tone)) < 1.5
+    assert parse_fixed_copies("pitch=-2, opus_kbps=16,tempo=1.10") == ["pitch=-2", "opus_kbps=16", "tempo=1.1"]
+    for bad in ("pitch=30", "reverb=1", "opus_kbps", "tempo=fast"):
+        with pytest.raises(ValueError, match="expected one of"):
+            parse_fixed_copies(bad)

@@ -247,9 +247,6 @@ def test_train_whisper_with_cached_embeddings(audio_emotions_dir, tiny_whisper_c
 
 
 def test_train_whisper_fine_tuning_top_block(audio_emotions_dir, tiny_whisper_checkpoint_dir, tmp_path):
-    from safetensors.torch import load_file
-    from transformers import AutoModelForAudioClassification
-
     import train
 
     output = tmp_path / "run"
@@ -260,12 +257,83 @@ def test_train_whisper_fine_tuning_top_block(audio_emotions_dir, tiny_whisper_ch
         "--save_strategy", "no", "--report_to", "none", "--output_dir", str(output),
     ])  # fmt: skip
     assert code == 0
+    assert_only_the_top_block_changed(output, tiny_whisper_checkpoint_dir)
+
+
+def assert_only_the_top_block_changed(output, checkpoint_dir):
+    """Block 2 of the tiny checkpoint was fine-tuned in ``output``; block 1 is the checkpoint's, bit for bit."""
+    from safetensors.torch import load_file
+    from transformers import AutoModelForAudioClassification
+
     trained = AutoModelForAudioClassification.from_pretrained(output)
-    checkpoint = load_file(tiny_whisper_checkpoint_dir / "model.safetensors")
+    checkpoint = load_file(checkpoint_dir / "model.safetensors")
     top = checkpoint["model.encoder.layers.1.fc1.weight"].to(torch.float16).float()
     bottom = checkpoint["model.encoder.layers.0.fc1.weight"].to(torch.float16).float()
     assert torch.equal(trained.encoder.layers[0].fc1.weight.data, bottom)  # frozen
     assert not torch.equal(trained.encoder.layers[1].fc1.weight.data, top)  # fine-tuned
+    return trained
+
+
+def test_embedding_from_a_cached_state_is_the_embedding(whisper_ser, tiny_whisper_ser_dir):
+    """Partial fine-tuning's shortcut: blocks above a cached (padded, fp16-free) state give the same
+    embedding as the whole encoder on the waveform, clip by clip in a batch of unequal lengths."""
+    from ser.training.partial_finetune import cached_states, embeddings_from_states
+
+    from transformers import AutoFeatureExtractor
+
+    model, feature_extractor = whisper_ser.eval(), AutoFeatureExtractor.from_pretrained(tiny_whisper_ser_dir)
+    clips = [np.random.default_rng(seed).normal(0, 0.1, length).astype(np.float32) for seed, length in ((0, 8_000), (1, 12_345), (2, 16_000))]
+    batch = feature_extractor(clips, sampling_rate=16_000, padding=True, return_attention_mask=True, return_tensors="pt")
+    with torch.no_grad():
+        expected = model.embed(batch["input_values"], batch["attention_mask"]).numpy()
+        for state in range(min(model.config.layers) + 1):
+            hidden, mask = model.hidden_state(batch["input_values"], batch["attention_mask"], state)
+            np.testing.assert_allclose(model.embed_from_state(hidden, mask, state).numpy(), expected, atol=1e-4)
+    states = cached_states(model, feature_extractor, clips, 1)
+    assert [state.dtype for state in states] == [torch.float16] * 3 and len(states[0]) < len(states[2])
+    np.testing.assert_allclose(embeddings_from_states(model, states, 1), expected, atol=2e-2)
+    with pytest.raises(ValueError, match="above the chosen layers"):
+        model.embed_from_state(hidden, mask, max(model.config.layers) + 1)
+
+
+def test_reverse_gradient_flips_and_scales_exactly():
+    from ser.training.partial_finetune import reverse_gradient
+
+    inputs = torch.tensor([1.0, -2.0], requires_grad=True)
+    (reverse_gradient(inputs, 0.5) * torch.tensor([3.0, 4.0])).sum().backward()
+    assert torch.equal(inputs.grad, torch.tensor([-1.5, -2.0]))
+
+
+def test_train_whisper_top_block_from_cached_states(audio_emotions_dir, tiny_whisper_checkpoint_dir, tmp_path):
+    import train
+
+    output = tmp_path / "run"
+    code = train.main([
+        "--data_dir", str(audio_emotions_dir), "--model_name_or_path", str(tiny_whisper_checkpoint_dir),
+        "--trainable_encoder_layers", "1", "--cache_frozen_states", "true", "--head_solver", "lbfgs",
+        "--config_overrides", "layers=[1,2],head_hidden_size=0,ensemble_size=1,layer_pooling=concat,adapted_head=true",
+        "--corpus_adversarial_weight", "0.1", "--embedding_copies", "gain_db=-6",
+        "--test_speakers", "5,6", "--eval_fraction", "0", "--num_train_epochs", "1", "--per_device_train_batch_size", "8",
+        "--learning_rate", "1e-3", "--embedding_cache_dir", str(tmp_path / "cache"),
+        "--save_strategy", "no", "--report_to", "none", "--output_dir", str(output),
+    ])  # fmt: skip
+    assert code == 0
+    trained = assert_only_the_top_block_changed(output, tiny_whisper_checkpoint_dir)  # below the cached state: untouched
+    assert float(trained.adapted_heads[0].classifier.weight.abs().sum()) > 0  # refitted after fine-tuning
+    for name in ("metrics.json", "metrics_speaker_adapted.json"):
+        assert json.loads((output / name).read_text())["n"] > 0
+
+
+def test_cached_states_need_layers_above_them(audio_emotions_dir, tiny_whisper_checkpoint_dir, tmp_path, caplog):
+    import train
+
+    code = train.main([
+        "--data_dir", str(audio_emotions_dir), "--model_name_or_path", str(tiny_whisper_checkpoint_dir),
+        "--trainable_encoder_layers", "1", "--cache_frozen_states", "true", "--head_solver", "lbfgs",
+        "--config_overrides", "layers=[0,2],head_hidden_size=0,ensemble_size=1,layer_pooling=concat",
+        "--test_speakers", "5,6", "--eval_fraction", "0", "--output_dir", str(tmp_path / "run"), "--report_to", "none",
+    ])  # fmt: skip
+    assert code != 0 and "must all lie at or above hidden state 1" in caplog.text
 
 
 def test_mixup_with_a_frozen_encoder_is_refused(audio_emotions_dir, tiny_whisper_checkpoint_dir, tmp_path):

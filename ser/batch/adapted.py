@@ -33,7 +33,7 @@ from ser.inference.adaptation import (
     AdaptationUnsupportedError,
     adapted_probabilities,
     check_mode,
-    plan_adaptation,
+    plan_for,
 )
 from ser.inference.quality import DEFAULT_CONFIDENCE_THRESHOLD
 
@@ -142,7 +142,7 @@ def predict_files_adapted(
         # Pass 2: the statistics, then each file classified with its own.
         order = [path for path in paths if path in embedded]
         embeddings = np.stack([embedded[path] for path in order]) if order else np.zeros((0, *classifier.embedding_shape), np.float32)
-        plan = plan_adaptation(embeddings, adapt, [speaker_of.get(path) for path in order])
+        plan = plan_for(classifier, embeddings, adapt, [speaker_of.get(path) for path in order])
         probabilities = adapted_probabilities(classifier, embeddings, plan)
         rows = [
             result_row(path, dict(zip(classifier.labels, row.tolist())), quality_of[path], classifier.labels, confidence_threshold)

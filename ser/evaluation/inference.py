@@ -17,7 +17,7 @@ from ser.inference.adaptation import (
     AdaptationPlan,
     adapted_probabilities,
     check_mode,
-    plan_adaptation,
+    plan_for,
 )
 from ser.inference.quality import QualityConfig, assess_quality
 
@@ -116,7 +116,7 @@ def run_inference(
         embeddings = np.stack([row for _, row in scored]) if scored else np.zeros((0, *classifier.embedding_shape), np.float32)
         # (corpus, speaker): ids of different corpora in one folder (Audio Emotions) can collide.
         speakers = [f"{clip.corpus}:{clip.speaker}" if clip.speaker is not None else None for clip, _ in scored]
-        plan = plan_adaptation(embeddings, adapt, speakers)
+        plan = plan_for(classifier, embeddings, adapt, speakers)
         probabilities = adapted_probabilities(classifier, embeddings, plan)
     else:
         probabilities = np.stack([row for _, row in scored]) if scored else np.zeros((0, len(classifier.labels)))

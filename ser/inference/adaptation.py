@@ -34,9 +34,31 @@ ADAPT_MODES = ("none", "corpus", "speaker")
 #: match them at 10 (``python -m scripts.adaptation_curve``; docs/evaluation.md, "Adapting to the speaker").
 MIN_ADAPTATION_CLIPS = 10
 
+#: Statistics are no voice profile when one class dominates the clips they come from: ten sad clips
+#: shift the "speaker's" mean towards sad, and standardising with it then hides sadness and invents
+#: the rest. Such a set is detected from the clips' own single-clip answers (no labels): when one class
+#: holds more than this share of their mean probability, the clips are not adapted. Chosen on held-out
+#: corpora of the leave-one-corpus-out folds (``python -m scripts.calibration_uniformity``;
+#: docs/evaluation.md, "When calibration cannot help").
+MAX_DOMINANT_SHARE = 0.55
+
 #: Why a clip got the corpus statistics instead of its speaker's (``speaker`` mode).
 NO_SPEAKER = "no_speaker"
 TOO_FEW_CLIPS = "speaker_has_too_few_clips"
+TOO_UNIFORM = "speaker_answers_too_uniform"
+
+
+def dominant_answer(answers: np.ndarray) -> tuple[int, float]:
+    """(class index, share) of the class holding most of ``answers`` ``(clips, labels)``, single-clip
+    probabilities averaged over the clips."""
+    mean = np.asarray(answers, dtype=np.float64).mean(axis=0)
+    index = int(np.argmax(mean))
+    return index, float(mean[index])
+
+
+def too_uniform(answers: np.ndarray | None, max_share: float = MAX_DOMINANT_SHARE) -> bool:
+    """Whether clips with these single-clip ``answers`` are too uniform to adapt to (``None``: unknown, no)."""
+    return answers is not None and len(answers) > 0 and dominant_answer(answers)[1] > max_share
 
 
 class AdaptationUnsupportedError(RuntimeError):
@@ -61,8 +83,10 @@ class AdaptationPlan:
     speakers: dict[str, int] = field(default_factory=dict)
     #: Clips standardised with the corpus statistics instead of their speaker's, by reason.
     fallback: dict[str, int] = field(default_factory=dict)
-    #: Clips left on the training statistics because even the corpus had fewer than ``min_clips``.
+    #: Clips left on the training statistics because even the corpus had fewer than ``min_clips`` (or its
+    #: answers were too uniform, ``uniform_corpus``).
     training_statistics_clips: int = 0
+    uniform_corpus: bool = False
 
     @property
     def fallback_clips(self) -> int:
@@ -85,14 +109,21 @@ class AdaptationPlan:
             "fallback_to_corpus_clips": self.fallback_clips,
             "fallback_reasons": dict(self.fallback),
             "training_statistics_clips": self.training_statistics_clips,
+            "corpus_answers_too_uniform": self.uniform_corpus,
         }
 
 
 def plan_adaptation(
-    embeddings: np.ndarray, mode: str, speakers: Sequence[str | None] | None = None, min_clips: int = MIN_ADAPTATION_CLIPS
+    embeddings: np.ndarray,
+    mode: str,
+    speakers: Sequence[str | None] | None = None,
+    min_clips: int = MIN_ADAPTATION_CLIPS,
+    answers: np.ndarray | None = None,
+    max_dominant_share: float = MAX_DOMINANT_SHARE,
 ) -> AdaptationPlan:
     """Statistics per clip for ``embeddings`` ``(clips, *shape)``; ``speakers[i]`` is clip ``i``'s speaker
-    (``None``: unknown), needed for ``speaker`` mode."""
+    (``None``: unknown), needed for ``speaker`` mode. ``answers`` ``(clips, labels)``, the clips'
+    single-clip probabilities: a group whose answers are too uniform (:func:`too_uniform`) is not adapted."""
     check_mode(mode)
     count = len(embeddings)
     if mode == "none" or count == 0:
@@ -100,6 +131,9 @@ def plan_adaptation(
     if count < min_clips:
         logger.warning("Not adapting: %d clips, fewer than the %d adaptation needs; the training statistics are used.", count, min_clips)
         return AdaptationPlan(mode, [None] * count, min_clips, training_statistics_clips=count)
+    if too_uniform(answers, max_dominant_share):
+        logger.warning("Not adapting: one class holds %.2f of the clips' answers (over %.2f): too uniform for statistics.", dominant_answer(answers)[1], max_dominant_share)
+        return AdaptationPlan(mode, [None] * count, min_clips, training_statistics_clips=count, uniform_corpus=True)
     corpus = EmbeddingStatistics.of(embeddings)
     if mode == "corpus":
         return AdaptationPlan(mode, [corpus] * count, min_clips)
@@ -117,6 +151,9 @@ def plan_adaptation(
         if len(rows) < min_clips:
             fallback[TOO_FEW_CLIPS] += len(rows)
             continue
+        if too_uniform(None if answers is None else np.asarray(answers)[rows], max_dominant_share):
+            fallback[TOO_UNIFORM] += len(rows)
+            continue
         statistics = EmbeddingStatistics.of(embeddings[rows])
         for row in rows:
             per_clip[row] = statistics
@@ -125,6 +162,12 @@ def plan_adaptation(
     if plan.fallback_clips:
         logger.info("Speaker adaptation: %d clips got the corpus statistics instead (%s)", plan.fallback_clips, plan.fallback)
     return plan
+
+
+def plan_for(classifier, embeddings: np.ndarray, mode: str, speakers: Sequence[str | None] | None = None, **options) -> AdaptationPlan:
+    """:func:`plan_adaptation` with ``classifier``'s single-clip answers, so too uniform groups are not adapted."""
+    answers = classifier.probabilities_from_embeddings(embeddings) if mode != "none" and len(embeddings) else None
+    return plan_adaptation(embeddings, mode, speakers, answers=answers, **options)
 
 
 def adapted_probabilities(classifier, embeddings: np.ndarray, plan: AdaptationPlan) -> np.ndarray:

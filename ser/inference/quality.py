@@ -34,7 +34,7 @@ logger = logging.getLogger(__name__)
 #: the bundled model still answers at least half of RAVDESS actors 21-24, read from its
 #: accuracy-vs-coverage curve (models/ser-multicorpus/eval/*/coverage.csv; docs/evaluation.md, "Audio the model
 #: can trust"). tests/test_bundled_model.py re-derives it, so a retrained model cannot leave it stale.
-DEFAULT_CONFIDENCE_THRESHOLD = 0.80
+DEFAULT_CONFIDENCE_THRESHOLD = 0.90
 MIN_ANSWERED_FRACTION = 0.5
 
 #: Level floor for digital silence, so an all-zero clip reports a finite dBFS.

@@ -40,7 +40,7 @@ from ser.audio.loader import (
     resample,
 )
 from ser.core.statistics import EmbeddingStatistics
-from ser.inference.adaptation import MIN_ADAPTATION_CLIPS
+from ser.inference.adaptation import MAX_DOMINANT_SHARE, MIN_ADAPTATION_CLIPS, dominant_answer, too_uniform
 from ser.inference.quality import (
     DEFAULT_CONFIDENCE_THRESHOLD,
     QualityConfig,
@@ -85,6 +85,10 @@ class TimelineConfig:
     )
     min_adaptation_segments: int = field(
         default=MIN_ADAPTATION_CLIPS, metadata={"help": "Fewest segments whose statistics replace the training set's."}
+    )
+    max_dominant_share: float = field(
+        default=MAX_DOMINANT_SHARE,
+        metadata={"help": "No adaptation when one class holds more than this share of the segments' single-segment answers (too uniform)."},
     )
 
     def vad_config(self) -> QualityConfig:
@@ -257,14 +261,21 @@ def build_timeline(
         note = "not adapted to the recording: this model cannot adapt"
     if embedding and rows:
         embeddings = np.stack(rows)
-        adapted = len(rows) >= config.min_adaptation_segments
-        statistics = EmbeddingStatistics.of(embeddings) if adapted else None
-        probabilities = classifier.probabilities_from_embeddings(embeddings, statistics)
-        note = (
-            f"adapted to this recording ({len(rows)} segments)"
-            if adapted
-            else f"not adapted to the recording: {len(rows)} segments, at least {config.min_adaptation_segments} needed"
-        )
+        single = classifier.probabilities_from_embeddings(embeddings)
+        enough = len(rows) >= config.min_adaptation_segments
+        uniform = enough and too_uniform(single, config.max_dominant_share)
+        adapted = enough and not uniform
+        probabilities = classifier.probabilities_from_embeddings(embeddings, EmbeddingStatistics.of(embeddings)) if adapted else single
+        if adapted:
+            note = f"adapted to this recording ({len(rows)} segments)"
+        elif uniform:
+            index, share = dominant_answer(single)
+            note = (
+                f"not adapted to the recording: its {len(rows)} segments mostly sound {classifier.labels[index]} "
+                f"({share:.0%} of their answers), too uniform for the recording's own statistics"
+            )
+        else:
+            note = f"not adapted to the recording: {len(rows)} segments, at least {config.min_adaptation_segments} needed"
     else:
         probabilities = np.asarray(rows)
     segments = []

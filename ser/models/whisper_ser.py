@@ -66,6 +66,7 @@ class WhisperSerConfig(PretrainedConfig):
         encoder_storage_dtype: str = "float16",
         sampling_rate: int = 16_000,
         layer_pooling: str = "weighted",
+        adapted_head: bool = False,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -102,6 +103,11 @@ class WhisperSerConfig(PretrainedConfig):
         if layer_pooling not in LAYER_POOLINGS:
             raise ValueError(f"layer_pooling must be one of {', '.join(LAYER_POOLINGS)}, got {layer_pooling!r}")
         self.layer_pooling = layer_pooling
+        # A second head for answers standardised with other statistics than the training set's (a
+        # speaker's, a corpus's, a recording's): fitted on training clips each standardised with its own
+        # speaker's statistics, the distribution it then sees. A head fitted on the pooled statistics
+        # answers worse there than on single clips (model_card.md).
+        self.adapted_head = bool(adapted_head)
 
     @property
     def blocks_used(self) -> int:
@@ -163,6 +169,11 @@ class WhisperClipEncoder(nn.Module):
     def forward(self, log_mel: torch.Tensor, frame_mask: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
         """Hidden states ``[after the convolutions + positions, after block 1, ...]``, each
         ``(batch, positions, d_model)``, and their mask ``(batch, positions)``."""
+        hidden, mask = self.embed_frames(log_mel, frame_mask)
+        return self.run_blocks(hidden, mask), mask
+
+    def embed_frames(self, log_mel: torch.Tensor, frame_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Hidden state 0 (the convolutions + positions) and its position mask."""
         hidden = nn.functional.gelu(self.conv1(log_mel))
         # Zero the padded frames as the single clip's zero padding would be, before the strided conv.
         hidden = nn.functional.gelu(self.conv2(hidden * frame_mask.unsqueeze(1))).transpose(1, 2)
@@ -173,15 +184,20 @@ class WhisperClipEncoder(nn.Module):
             )
         # Frame pairs: a position is valid when its first frame is (ceil(frames / 2) per clip).
         mask = frame_mask[:, ::2]
-        hidden = hidden + self.embed_positions.weight[:positions].unsqueeze(0)
+        return hidden + self.embed_positions.weight[:positions].unsqueeze(0), mask
+
+    def run_blocks(self, hidden: torch.Tensor, mask: torch.Tensor, first_block: int = 0, last_block: int | None = None) -> list[torch.Tensor]:
+        """``[hidden, after block first_block + 1, ..., after block last_block]`` from hidden state
+        ``first_block`` (its padded positions are masked out of every block's attention, whatever they hold)."""
+        positions = hidden.shape[1]
         # Additive key-padding mask (batch, 1, queries, keys): no position attends to padding.
         attention_mask = (1.0 - mask)[:, None, None, :] * torch.finfo(hidden.dtype).min
         attention_mask = attention_mask.expand(-1, 1, positions, -1)
         states = [hidden]
-        for layer in self.layers:
+        for layer in self.layers[first_block:last_block]:
             hidden = layer(hidden, attention_mask)
             states.append(hidden)
-        return states, mask
+        return states
 
 
 def masked_mean_std(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -239,6 +255,14 @@ class WhisperSerForAudioClassification(PreTrainedModel):
             EmbeddingHead(len(config.layers), features, config.head_hidden_size, config.num_labels, config.dropout, config.layer_pooling)
             for _ in range(config.ensemble_size)
         )
+        self.adapted_heads = (
+            nn.ModuleList(
+                EmbeddingHead(len(config.layers), features, config.head_hidden_size, config.num_labels, config.dropout, config.layer_pooling)
+                for _ in range(config.ensemble_size)
+            )
+            if config.adapted_head
+            else None
+        )
         self.post_init()
 
     def _init_weights(self, module: nn.Module) -> None:
@@ -267,19 +291,44 @@ class WhisperSerForAudioClassification(PreTrainedModel):
         hidden_states, mask = self.encoder(log_mel, frame_mask)
         return torch.stack([masked_mean_std(hidden_states[index], mask) for index in states], dim=1)
 
+    def hidden_state(self, input_values: torch.Tensor, attention_mask: torch.Tensor | None, state: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Hidden state ``state`` (0 = before the first block) ``(batch, positions, d_model)`` and its
+        position mask: what partial fine-tuning caches below the blocks it trains."""
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_values)
+        lengths = attention_mask.sum(dim=-1)
+        log_mel, frame_mask = self.log_mel(input_values * self.config.input_rms * attention_mask.to(input_values.dtype), lengths)
+        hidden, mask = self.encoder.embed_frames(log_mel, frame_mask)
+        return self.encoder.run_blocks(hidden, mask, last_block=state)[-1], mask
+
+    def embed_from_state(self, hidden: torch.Tensor, mask: torch.Tensor, state: int) -> torch.Tensor:
+        """The utterance embedding ``(batch, layers, 2 * d_model)`` from hidden state ``state`` (every
+        chosen layer must be at or above it): only the blocks above it run."""
+        if min(self.config.layers) < state:
+            raise ValueError(f"hidden state {state} is above the chosen layers {self.config.layers}: they cannot be computed from it.")
+        states = self.encoder.run_blocks(hidden, mask, first_block=state)
+        return torch.stack([masked_mean_std(states[layer - state], mask) for layer in self.config.layers], dim=1)
+
     def classify_embedding(
         self, embedding: torch.Tensor, mean: torch.Tensor | None = None, var: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(logits, member logits ``(batch, members, labels)``) from an embedding, standardised with
-        ``mean``/``var`` (default: the training set's)."""
+        ``mean``/``var`` (default: the training set's). Other statistics than the training set's go
+        to the adapted heads where the model has them (``config.adapted_head``)."""
+        heads = self.heads_for(adapted=mean is not None)
         mean = self.embedding_mean if mean is None else mean
         var = self.embedding_var if var is None else var
         standardised = (embedding - mean) / torch.sqrt(var + 1e-5)
-        stacked = torch.stack([head(standardised) for head in self.heads], dim=1)
-        if len(self.heads) == 1:
+        stacked = torch.stack([head(standardised) for head in heads], dim=1)
+        if len(heads) == 1:
             return stacked[:, 0], stacked
-        logits = torch.logsumexp(torch.log_softmax(stacked, dim=-1), dim=1) - math.log(len(self.heads))
+        logits = torch.logsumexp(torch.log_softmax(stacked, dim=-1), dim=1) - math.log(len(heads))
         return logits, stacked
+
+    def heads_for(self, adapted: bool) -> nn.ModuleList:
+        """The heads that answer an embedding standardised with the training statistics
+        (``adapted=False``) or with a speaker's / corpus's / recording's own (``adapted=True``)."""
+        return self.adapted_heads if adapted and self.adapted_heads is not None else self.heads
 
     def forward(
         self,

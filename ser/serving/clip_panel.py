@@ -95,7 +95,7 @@ def answer_clip_calibrated(
     if report is not None:
         info += f" · quality check {(checked - decoded) * 1000:.0f} ms ({report.speech_s:.1f} s of speech)"
     if calibration is not None:
-        info += "\n\n" + calibration.describe()
+        info += "\n\n" + calibration.describe(classifier.labels)
     if answer.uncertain:
         info += "\n\n" + format_uncertainty(answer)
     return answer, report, info, calibration
@@ -143,7 +143,7 @@ def build_clip_panel(
 
     def calibrated_request(audio: str | None, calibration: Calibration) -> tuple[dict[str, float] | str, str, dict, Calibration]:
         answer, report, info, updated = answer_clip_calibrated(classifier, audio, calibration, max_duration_s, quality, confidence_threshold)
-        return label_value(answer, label_files), info, {**api_payload(answer, report), "calibration": updated.summary()}, updated
+        return label_value(answer, label_files), info, {**api_payload(answer, report), "calibration": updated.summary(classifier.labels)}, updated
 
     def run_calibrated(audio: str | None, make_calibration: Callable[[], Calibration]) -> tuple[dict[str, float] | str, str, dict, Calibration]:
         # ``make_calibration`` runs inside the guard, so a refused calibration still releases the upload.
@@ -161,7 +161,7 @@ def build_clip_panel(
             if not can_calibrate:
                 return Calibration()  # classifying with it raises the model's own explanation
             try:
-                return Calibration.from_dict(calibration, classifier.embedding_shape)
+                return Calibration.from_dict(calibration, classifier.embedding_shape, num_labels=len(classifier.labels))
             except CalibrationError as error:
                 raise user_error(str(error)) from error
 
@@ -179,7 +179,7 @@ def build_clip_panel(
     def calibration_status(calibration: Calibration | None, calibrate: bool) -> str:
         if not can_calibrate:
             return f"Not available with this model ({model_display_name(classifier.name)}): it has no utterance embedding whose statistics can be swapped."
-        state = (calibration or Calibration()).describe()
+        state = (calibration or Calibration()).describe(classifier.labels)
         return state if calibrate else f"Off: answers use the training statistics. ({state})"
 
     with gr.Row():

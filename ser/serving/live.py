@@ -285,8 +285,8 @@ def live_step(
     if calibrate and classifier.supports_adaptation:
         embedding = classifier.embed_batch([window])
         if feed:
-            calibration = calibration.add(embedding[0])
-        row = classifier.probabilities_from_embeddings(embedding, calibration.statistics if calibration.calibrated else None)[0]
+            calibration = calibration.add(embedding[0], classifier.probabilities_from_embeddings(embedding)[0])
+        row = classifier.probabilities_from_embeddings(embedding, calibration.standardisation())[0]
     else:
         row = classifier.predict_proba([window])[0]
     model_ms = 1000 * (time.perf_counter() - model_started)
@@ -345,7 +345,7 @@ def strip_html(session: LiveSession, labels: list[str] | tuple[str, ...], stream
     )
 
 
-def calibration_line(session: LiveSession, calibrate: bool, can_calibrate: bool) -> str:
+def calibration_line(session: LiveSession, calibrate: bool, can_calibrate: bool, labels: list[str] | None = None) -> str:
     """The page's one line on the live calibration state."""
     if not can_calibrate:
         return "Calibration: not available with this model (no utterance embedding); live answers are uncalibrated."
@@ -354,6 +354,12 @@ def calibration_line(session: LiveSession, calibrate: bool, can_calibrate: bool)
         return f"Calibration: **off** (answers use the training statistics; {calibration.clips} windows kept, not used)."
     if calibration.calibrated:
         return f"Calibration: **on, calibrated** to your voice from {calibration.clips} windows of your speech."
+    if calibration.too_uniform:
+        index, share = calibration.dominant
+        return (
+            f"Calibration: **on, not used**: your last {calibration.clips} windows mostly sound {labels[index] if labels else index} "
+            f"({share:.0%} of their answers), too uniform for a voice profile; answers are uncalibrated until you speak in other moods."
+        )
     return (
         f"Calibration: **on, collecting** ({calibration.clips} of {calibration.min_clips} windows of speech; "
         "answers are uncalibrated until then)."

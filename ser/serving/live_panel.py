@@ -144,7 +144,7 @@ class LiveHandlers:
             return skip, skip, skip, skip, skip
         self.metrics.observe_live_update(update.kind, update.server_ms / 1000)
         status = live_status(update, self.config)
-        calibration = calibration_line(session, bool(calibrate), self.can_calibrate)
+        calibration = calibration_line(session, bool(calibrate), self.can_calibrate, self.classifier.labels)
         if update.kind == "limit":
             logger.info("Live recording reached its %g s limit", self.config.max_duration_s)
             # Bumping the hidden number runs its js, which presses the microphone's Stop: the only way
@@ -166,7 +166,7 @@ class LiveHandlers:
             calibration = session.calibration
         if len(waveform) == 0:
             return "Nothing was recorded.", None
-        statistics = calibration.statistics if calibrate and self.can_calibrate and calibration.calibrated else None
+        statistics = calibration.standardisation() if calibrate and self.can_calibrate else None
         try:
             with self.guard.handling(None):
                 answer = whole_recording(
@@ -195,10 +195,10 @@ class LiveHandlers:
         session = self._session(request)
         with session.lock:
             session.reset_calibration()
-        return calibration_line(session, calibrate, self.can_calibrate)
+        return calibration_line(session, calibrate, self.can_calibrate, self.classifier.labels)
 
     def switch(self, calibrate: bool, request: gr.Request) -> str:
-        return calibration_line(self._session(request), calibrate, self.can_calibrate)
+        return calibration_line(self._session(request), calibrate, self.can_calibrate, self.classifier.labels)
 
 
 def build_live_mode(handlers: LiveHandlers) -> None:

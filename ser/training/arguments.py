@@ -98,25 +98,36 @@ class DataArguments:
         default=False,
         metadata={"help": "A clip's loss only sees the classes its corpus has (the others' logits are masked out), so a corpus without a class (nEMO: no disgust) never teaches that the class is unlikely."},
     )
-    augment: bool = field(default=True, metadata={"help": "Waveform augmentation of the training split (noise, gain, speed; see below)."})
-    noise_prob: float = field(default=0.3, metadata={"help": "Probability of adding white noise to a training clip."})
+    augment: bool = field(default=True, metadata={"help": "Waveform augmentation of the training split with audiomentations (coloured noise, gain, speed, pitch; see below)."})
+    noise_prob: float = field(default=0.3, metadata={"help": "Probability of adding coloured noise to a training clip."})
     noise_snr_db_min: float = field(default=15.0, metadata={"help": "Lowest SNR (dB) of the added noise."})
     noise_snr_db_max: float = field(default=35.0, metadata={"help": "Highest SNR (dB) of the added noise."})
     gain_prob: float = field(default=0.5, metadata={"help": "Probability of a random gain."})
     max_gain_db: float = field(default=6.0, metadata={"help": "Random gain is drawn from [-max_gain_db, +max_gain_db]."})
     speed_prob: float = field(default=0.0, metadata={"help": "Probability of speed perturbation (changes pitch too, so off by default)."})
     speed_factors: str = field(default="0.9,1.1", metadata={"help": "Comma-separated speed factors to draw from."})
+    pitch_prob: float = field(default=0.0, metadata={"help": "Probability of a pitch shift (tempo kept)."})
+    max_pitch_semitones: float = field(default=2.0, metadata={"help": "The pitch shift is drawn from [-max_pitch_semitones, +max_pitch_semitones]."})
     mixup_alpha: float = field(
         default=0.0,
         metadata={"help": "Mixup: train on mixtures of two clips' waveforms and labels, weight ~ Beta(alpha, alpha); 0 disables."},
     )
     embedding_copies: str = field(
         default="",
-        metadata={"help": "Frozen Whisper encoders only: fixed augmented copies of every training clip, embedded once and cached beside the original, e.g. 'speed=0.88,speed=1.12,noise_snr_db=20' (the random waveform augmentation above needs an encoder pass per epoch and is not used there)."},
+        metadata={"help": "Frozen Whisper encoders only: fixed augmented copies of every training clip, embedded once and cached beside the original, e.g. 'pitch=-2,pitch=2,color_noise_snr_db=15,opus_kbps=16' (kinds: speed, tempo, pitch, gain_db, noise_snr_db, color_noise_snr_db, opus_kbps; ser/audio/augment.py). The random waveform augmentation above needs an encoder pass per epoch and is not used there)."},
     )
     embedding_cache_dir: str | None = field(
         default=None,
         metadata={"help": "Where frozen-encoder embeddings are cached (default: $SER_CACHE_DIR/embeddings, else ~/.cache/ser/embeddings)."},
+    )
+    corpus_mixup_copies: int = field(
+        default=0,
+        metadata={"help": "Frozen Whisper encoders: add this many mixed embeddings per training clip, each mixed with a random clip of the same class from another corpus (weight ~ U(--corpus_mixup_min_weight, 1) on the clip's side; its label, weight and mask kept). Only the single-clip head sees them (a mixed embedding has no one speaker for the adapted head). 0 disables."},
+    )
+    corpus_mixup_min_weight: float = field(default=0.5, metadata={"help": "The smallest weight of the clip's own side in --corpus_mixup_copies."})
+    cache_frozen_states: bool = field(
+        default=False,
+        metadata={"help": "WhisperSer with --trainable_encoder_layers N: compute the hidden state below the N trained blocks once per clip (and fixed copy), keep it in memory as float16, and train only those blocks and the head on it; then freeze them and refit the linear heads (--head_solver lbfgs). Without it, every step runs the whole encoder on the waveform."},
     )
     standardize_per_speaker: bool = field(
         default=False,
@@ -145,6 +156,8 @@ class DataArguments:
             max_gain_db=self.max_gain_db,
             speed_prob=self.speed_prob,
             speed_factors=tuple(float(factor) for factor in self.speed_factors.split(",") if factor.strip()),
+            pitch_prob=self.pitch_prob,
+            max_pitch_semitones=self.max_pitch_semitones,
         )
 
 
@@ -177,6 +190,13 @@ class ModelArguments:
     head_solver: Literal["trainer", "lbfgs"] = field(
         default="trainer",
         metadata={"help": "'trainer': the head trains with the Trainer (optimizer, epochs). 'lbfgs': a frozen encoder's linear head (head_hidden_size=0, ensemble_size=1) is fitted full-batch by L-BFGS on the cached embeddings, minimising l2_C * sum of weighted cross-entropies + |W|^2 / 2 (scikit-learn's convention)."},
+    )
+    head_learning_rate: float = field(
+        default=1e-4, metadata={"help": "With --cache_frozen_states: the head's learning rate (the trained blocks use --learning_rate)."}
+    )
+    corpus_adversarial_weight: float = field(
+        default=0.0,
+        metadata={"help": "With --cache_frozen_states and several training corpora: a linear corpus classifier on the embedding behind a gradient reversal of this weight, so the trained blocks learn to hide the corpus; 0 disables."},
     )
     l2_C: float = field(default=0.002, metadata={"help": "With --head_solver lbfgs: the inverse L2 strength C (smaller = stronger regularisation)."})
     model_revision: str = field(default="main", metadata={"help": "Hub revision (branch, tag or commit) of --model_name_or_path."})

@@ -63,13 +63,38 @@ def corpus_statistics(clips: list[Clip], embeddings: np.ndarray) -> list:
     return group_statistics([clip.corpus for clip in clips], embeddings)
 
 
+def cross_corpus_mixup(
+    embeddings: np.ndarray, label_ids: list[int], corpora: list, copies: int, min_weight: float, rng: np.random.Generator
+) -> tuple[list[int], np.ndarray]:
+    """Mixup across corpora within a class: for each clip, ``copies`` times, ``w * clip + (1 - w) * partner``
+    with a random partner of the same class from another corpus and ``w ~ U(min_weight, 1)``; the clip's
+    label, weight and mask stay (the partner has the same class). What is shared by a class across corpora
+    is kept, what tells one corpus from another is blurred. Returns each mixed row's source clip and the rows."""
+    if copies < 0 or not 0.0 <= min_weight <= 1.0:
+        raise TrainSetupError(f"--corpus_mixup_copies must be >= 0 and --corpus_mixup_min_weight in [0, 1], got {copies} and {min_weight}.")
+    label_ids, corpora = np.asarray(label_ids), np.asarray([str(corpus) for corpus in corpora])
+    sources, rows = [], []
+    for index in range(len(label_ids)):
+        partners = np.flatnonzero((label_ids == label_ids[index]) & (corpora != corpora[index]))
+        if len(partners) == 0:
+            continue
+        for partner in rng.choice(partners, size=copies):
+            weight = rng.uniform(min_weight, 1.0)
+            sources.append(index)
+            rows.append(weight * embeddings[index] + (1.0 - weight) * embeddings[partner])
+    return sources, (np.stack(rows).astype(np.float32) if rows else np.zeros((0, *embeddings.shape[1:]), np.float32))
+
+
 def embedding_datasets(
-    model, feature_extractor, data_args: DataArguments, split: Split, waveform_of: dict, label2id: dict, training_extras=None
+    model, feature_extractor, data_args: DataArguments, split: Split, waveform_of: dict, label2id: dict, training_extras=None, embed=None
 ) -> dict:
-    """The datasets a frozen encoder's head trains and is scored on: ``train``, ``eval`` (or ``None``),
+    """The datasets a frozen encoder's head trains and is scored on: ``train``, ``train_speaker_standardised``
+    (each training clip standardised with its speaker's statistics, for the adapted head; ``None`` without
+    one), ``eval`` (or ``None``),
     ``test`` (the training statistics), ``test_speaker_adapted`` and ``test_corpus_adapted`` (each test
     clip standardised with its speaker's / corpus's own statistics). ``training_extras(clips)`` gives the
-    training clips' per-clip loss weights and allowed classes (keyword arguments of EmbeddingDataset)."""
+    training clips' per-clip loss weights and allowed classes (keyword arguments of EmbeddingDataset).
+    ``embed(clips, copy)`` replaces the disk cache (partial fine-tuning's embeddings from cached states)."""
     from ser.audio.augment import parse_fixed_copies
     from ser.core.statistics import EmbeddingStatistics
     from ser.inference.embeddings import (
@@ -92,6 +117,8 @@ def embedding_datasets(
     model.eval()
 
     def embeddings(clips: list[Clip], copy: str):
+        if embed is not None:
+            return embed(clips, copy)
         paths = [clip.path for clip in clips]
         return cached_embeddings(model, feature_extractor, paths, [waveform_of[path] for path in paths], copy, cache)
 
@@ -104,16 +131,37 @@ def embedding_datasets(
     train_embeddings = np.concatenate([embeddings(split.train, copy) for copy in [ORIGINAL, *copies]])
     # The pooled statistics are stored for single clips, whichever way the head trains.
     load_statistics(model, EmbeddingStatistics.of(train_embeddings))
+    # Group statistics come from the clips and copies as they are, before any cross-corpus mix is added.
+    own_speaker = speaker_statistics(train_clips, train_embeddings)
     statistics = None
     if data_args.standardize_per_speaker:
-        statistics = speaker_statistics(train_clips, train_embeddings)
+        statistics = own_speaker
     elif data_args.standardize_per_corpus:
         statistics = corpus_statistics(train_clips, train_embeddings)
-    train = EmbeddingDataset(train_embeddings, labelled(train_clips), statistics, **(training_extras(train_clips) if training_extras else {}))
+    # The adapted head's training set: every clip standardised with its own speaker's statistics. A mixed
+    # embedding has no one speaker, so mixup only ever reaches the single-clip head.
+    speaker_standardised = (
+        EmbeddingDataset(train_embeddings, labelled(train_clips), own_speaker, **(training_extras(train_clips) if training_extras else {}))
+        if getattr(model.config, "adapted_head", False)
+        else None
+    )
+    if data_args.corpus_mixup_copies:
+        sources, mixed = cross_corpus_mixup(
+            train_embeddings, labelled(train_clips), [clip.corpus for clip in train_clips], data_args.corpus_mixup_copies,
+            data_args.corpus_mixup_min_weight, np.random.default_rng(data_args.split_seed or 0),
+        )  # fmt: skip
+        logger.info("Cross-corpus mixup: %d mixed embeddings (%d per clip with a partner)", len(sources), data_args.corpus_mixup_copies)
+        train_clips = train_clips + [train_clips[source] for source in sources]
+        train_embeddings = np.concatenate([train_embeddings, mixed])
+        if statistics is not None:
+            statistics = statistics + [statistics[source] for source in sources]
+    extras = training_extras(train_clips) if training_extras else {}
+    train = EmbeddingDataset(train_embeddings, labelled(train_clips), statistics, **extras)
 
     test_embeddings = embeddings(split.test, ORIGINAL)
     datasets = {
         "train": train,
+        "train_speaker_standardised": speaker_standardised,
         "eval": EmbeddingDataset(embeddings(split.eval, ORIGINAL), labelled(split.eval)) if split.eval else None,
         "test": EmbeddingDataset(test_embeddings, labelled(split.test)),
         # The same clips with each test speaker's (corpus's) own statistics: what adapted prediction would score.

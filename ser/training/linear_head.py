@@ -92,9 +92,10 @@ def standardised_features(model, dataset) -> np.ndarray:
         return head.pool(standardised).numpy()
 
 
-def fit_linear_head(model, dataset, C: float) -> None:
+def fit_linear_head(model, dataset, C: float, adapted: bool = False) -> None:
     """Fit a WhisperSer's single linear head (``head_hidden_size=0``, ``ensemble_size=1``) on an
-    ``EmbeddingDataset`` with its per-clip loss weights and allowed classes, in place."""
+    ``EmbeddingDataset`` with its per-clip loss weights and allowed classes, in place; ``adapted``: its
+    adapted head (``config.adapted_head``), for a dataset standardised with each speaker's statistics."""
     if len(model.heads) != 1 or not isinstance(model.heads[0].classifier, torch.nn.Linear):
         raise ValueError("--head_solver lbfgs fits one linear head: set head_hidden_size=0 and ensemble_size=1 in --config_overrides.")
     if model.config.layer_pooling != "concat":
@@ -108,7 +109,7 @@ def fit_linear_head(model, dataset, C: float) -> None:
         loss_weights=extras["loss_weight"].numpy() if "loss_weight" in extras else None,
         allowed_classes=extras["allowed_classes"].numpy() if "allowed_classes" in extras else None,
     )
-    classifier = model.heads[0].classifier
+    classifier = model.heads_for(adapted)[0].classifier
     with torch.no_grad():
         classifier.weight.copy_(torch.from_numpy(weight))
         classifier.bias.copy_(torch.from_numpy(bias))
