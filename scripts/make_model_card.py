@@ -460,7 +460,7 @@ def render_model_card(model_dir: Path = BUNDLED_MODEL_DIR, previous_dir: Path = 
 
 The model bundled with this Space (`{_relative(model_dir)}`): a `{model_config['model_type']}` network
 ({architecture}; {parameters:,} parameters, {weights_mb:.1f} MB with the encoder stored as float16).
-The encoder is OpenAI's Whisper base; the head was fitted by this project's `train.py` on
+The encoder is OpenAI's Whisper base; the {'heads were' if model_config.get('adapted_head') else 'head was'} fitted by this project's `train.py` on
 {', '.join(CORPUS_NAMES[corpus] for corpus in trained_on)} together on a 2-core CPU (`{train_config['command']}`).
 It takes 16 kHz mono audio and returns probabilities for six emotions: {', '.join(labels)}.
 

@@ -417,7 +417,9 @@ def test_calibration_uniformity_summary_exact():
     at_055 = result["by_threshold"]["0.55"]
     assert at_055["mixed"] == {"refused": 0.5, "gain_over_single": pytest.approx(0.1)}
     assert at_055["uniform"] == {"refused": 0.5, "gain_over_single": pytest.approx(-0.05)}
-    # Below 0.50 the uniform set at 0.5 is refused too (no loss left): the mean gain is 0.05 from 0.30
-    # to 0.45, and the first threshold with the highest mean gain is the one chosen.
+    # From 0.30 to 0.45 both uniform sets are refused (mean gain 0.05), but so is half of the mixed ones.
+    # Refusing at most 10% of them leaves 0.60 and up: 0.60 to 0.75 still refuse the uniform set at 0.8
+    # (mean gain 0.05 again), 0.80 and up do not (-0.025); the first of the tie is chosen.
     assert result["by_threshold"]["0.45"]["mean_gain"] == pytest.approx(0.05) and result["by_threshold"]["0.55"]["mean_gain"] == pytest.approx(0.025)
-    assert result["chosen_threshold"] == 0.3
+    assert result["max_mixed_refused"] == 0.1 and result["chosen_threshold"] == 0.6
+    assert summarise(sets, max_mixed_refused=0.5)["chosen_threshold"] == 0.3
