@@ -57,6 +57,13 @@ def dominant_answer(answers: np.ndarray) -> tuple[int, float]:
     return index, float(mean[index])
 
 
+def dominant_phrase(count: int, noun: str, labels: Sequence[str] | None, index: int, share: float) -> str:
+    """How a too uniform group is named to a person, the same in the app, live mode and the timeline:
+    ``"10 clips mostly sound sad (80% of their answers)"``."""
+    name = labels[index] if labels else f"class {index}"
+    return f"{count} {noun} mostly sound {name} ({share:.0%} of their answers)"
+
+
 def too_uniform(answers: np.ndarray | None, max_share: float = MAX_DOMINANT_SHARE) -> bool:
     """Whether clips with these single-clip ``answers`` are too uniform to adapt to (``None``: unknown, no)."""
     return answers is not None and len(answers) > 0 and dominant_answer(answers)[1] > max_share

@@ -40,7 +40,7 @@ from ser.audio.loader import (
     resample,
 )
 from ser.core.statistics import EmbeddingStatistics
-from ser.inference.adaptation import MAX_DOMINANT_SHARE, MIN_ADAPTATION_CLIPS, dominant_answer, too_uniform
+from ser.inference.adaptation import MAX_DOMINANT_SHARE, MIN_ADAPTATION_CLIPS, dominant_answer, dominant_phrase, too_uniform
 from ser.inference.quality import (
     DEFAULT_CONFIDENCE_THRESHOLD,
     QualityConfig,
@@ -269,11 +269,8 @@ def build_timeline(
         if adapted:
             note = f"adapted to this recording ({len(rows)} segments)"
         elif uniform:
-            index, share = dominant_answer(single)
-            note = (
-                f"not adapted to the recording: its {len(rows)} segments mostly sound {classifier.labels[index]} "
-                f"({share:.0%} of their answers), too uniform for the recording's own statistics"
-            )
+            phrase = dominant_phrase(len(rows), "segments", classifier.labels, *dominant_answer(single))
+            note = f"not adapted to the recording: its {phrase}, too uniform for the recording's own statistics"
         else:
             note = f"not adapted to the recording: {len(rows)} segments, at least {config.min_adaptation_segments} needed"
     else:

@@ -21,7 +21,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from ser.core.statistics import EmbeddingStatistics
-from ser.inference.adaptation import MAX_DOMINANT_SHARE, MIN_ADAPTATION_CLIPS, AdaptationUnsupportedError, dominant_answer
+from ser.inference.adaptation import (
+    MAX_DOMINANT_SHARE,
+    MIN_ADAPTATION_CLIPS,
+    AdaptationUnsupportedError,
+    dominant_answer,
+    dominant_phrase,
+)
 
 #: The most clips a calibration counts; older ones fade out.
 CALIBRATION_CAPACITY = 30
@@ -106,10 +112,8 @@ class Calibration:
         if self.calibrated:
             return f"**Calibrated to your voice** from your last {self.clips} clips."
         if self.too_uniform:
-            index, share = self.dominant
-            name = labels[index] if labels else f"class {index}"
             return (
-                f"**Not calibrated:** your last {self.clips} clips mostly sound {name} ({share:.0%} of their answers), "
+                f"**Not calibrated:** your last {dominant_phrase(self.clips, 'clips', labels, *self.dominant)}, "
                 "and a voice profile needs clips of several moods, so this answer is the uncalibrated one. "
                 "Record a few clips in other moods (or reset) to calibrate."
             )

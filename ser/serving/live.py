@@ -39,6 +39,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ser.audio.loader import TARGET_SAMPLE_RATE, StreamingResampler
+from ser.inference.adaptation import dominant_phrase
 from ser.inference.quality import DEFAULT_CONFIDENCE_THRESHOLD, Answer, SpeechDetector, decide
 from ser.serving.calibration import Calibration
 
@@ -355,10 +356,9 @@ def calibration_line(session: LiveSession, calibrate: bool, can_calibrate: bool,
     if calibration.calibrated:
         return f"Calibration: **on, calibrated** to your voice from {calibration.clips} windows of your speech."
     if calibration.too_uniform:
-        index, share = calibration.dominant
         return (
-            f"Calibration: **on, not used**: your last {calibration.clips} windows mostly sound {labels[index] if labels else index} "
-            f"({share:.0%} of their answers), too uniform for a voice profile; answers are uncalibrated until you speak in other moods."
+            f"Calibration: **on, not used**: your last {dominant_phrase(calibration.clips, 'windows', labels, *calibration.dominant)}, "
+            "too uniform for a voice profile; answers are uncalibrated until you speak in other moods."
         )
     return (
         f"Calibration: **on, collecting** ({calibration.clips} of {calibration.min_clips} windows of speech; "
