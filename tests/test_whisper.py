@@ -334,6 +334,14 @@ def test_cached_states_need_layers_above_them(audio_emotions_dir, tiny_whisper_c
         "--test_speakers", "5,6", "--eval_fraction", "0", "--output_dir", str(tmp_path / "run"), "--report_to", "none",
     ])  # fmt: skip
     assert code != 0 and "must all lie at or above hidden state 1" in caplog.text
+    caplog.clear()
+    code = train.main([
+        "--data_dir", str(audio_emotions_dir), "--model_name_or_path", str(tiny_whisper_checkpoint_dir),
+        "--trainable_encoder_layers", "1", "--cache_frozen_states", "true", "--head_solver", "lbfgs",
+        "--config_overrides", "layers=[1,2],head_hidden_size=0,ensemble_size=1,layer_pooling=concat", "--embedding_copies", "reverb=1",
+        "--test_speakers", "5,6", "--eval_fraction", "0", "--output_dir", str(tmp_path / "run2"), "--report_to", "none",
+    ])  # fmt: skip
+    assert code == 1 and "--embedding_copies: Bad fixed copy 'reverb=1'" in caplog.text
 
 
 def test_mixup_with_a_frozen_encoder_is_refused(audio_emotions_dir, tiny_whisper_checkpoint_dir, tmp_path):

@@ -162,7 +162,10 @@ def fine_tune_on_cached_states(
         raise TrainSetupError(f"--cache_frozen_states: the chosen layers {model.config.layers} must all lie at or above hidden state {state}, the first one trained.")
     if model_args.head_solver != "lbfgs":
         raise TrainSetupError("--cache_frozen_states refits the linear heads after fine-tuning: set --head_solver lbfgs.")
-    copies = parse_fixed_copies(data_args.embedding_copies)
+    try:
+        copies = parse_fixed_copies(data_args.embedding_copies)
+    except ValueError as error:
+        raise TrainSetupError(f"--embedding_copies: {error}") from error
     sample_rate = int(feature_extractor.sampling_rate)
     started = time.perf_counter()
     model.eval()
